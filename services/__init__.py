@@ -1,0 +1,1 @@
+"""The tier services: a shared component framework and one package per tier."""

@@ -1,0 +1,29 @@
+"""Confining caller-given paths to the data directory."""
+
+from __future__ import annotations
+
+from pathlib import Path, PurePosixPath
+
+from mlmesh.errors import BadRequest
+
+__all__ = ["confine"]
+
+
+def confine(base: Path, user_path: str, *, field: str = "path") -> Path:
+    """Resolve ``user_path`` inside ``base`` or raise 400 naming ``field``.
+
+    Rejects absolute paths, ``..`` segments, NUL bytes, and symlinks whose target
+    lies outside ``base``. The returned path is absolute and fully resolved.
+    """
+    if not user_path or "\x00" in user_path:
+        raise BadRequest(f"{field}: must be a non-empty relative path without NUL bytes")
+    pure = PurePosixPath(user_path.replace("\\", "/"))
+    if pure.is_absolute() or (pure.parts and pure.parts[0].endswith(":")):
+        raise BadRequest(f"{field}: must be relative to the data directory; got an absolute path")
+    if ".." in pure.parts:
+        raise BadRequest(f"{field}: must not contain '..'")
+    root = base.resolve()
+    resolved = (root / Path(*pure.parts)).resolve()
+    if resolved != root and root not in resolved.parents:
+        raise BadRequest(f"{field}: resolves outside the data directory (through a symlink)")
+    return resolved

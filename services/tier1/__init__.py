@@ -1,0 +1,1 @@
+"""Tier 1 · core learning loop: every module in this package declares components; the app factory imports them all."""

@@ -1,0 +1,1 @@
+"""Tier 4 · performance, infrastructure, security: every module in this package declares components; the app factory imports them all."""
