@@ -39,9 +39,9 @@ __all__ = [
     "Overloaded",
     "PayloadTooLarge",
     "ServiceUnavailable",
+    "describe_validation_errors",
     "install_error_handlers",
     "problem_response",
-    "describe_validation_errors",
 ]
 
 log = logging.getLogger("mlmesh.errors")

@@ -18,7 +18,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-__all__ = ["GatewaySettings", "Settings", "TierSettings", "TIERS", "config_path"]
+__all__ = ["TIERS", "GatewaySettings", "Settings", "TierSettings", "config_path"]
 
 TIERS = ("tier1", "tier2", "tier3", "tier4")
 Port = Annotated[int, Field(ge=0, le=65535)]
@@ -61,9 +61,7 @@ def _default_tiers() -> dict[str, TierSettings]:
 class Settings(BaseSettings):
     """Everything a mesh process needs to know about its place in the mesh."""
 
-    model_config = SettingsConfigDict(
-        env_prefix="MLMESH_", env_nested_delimiter="__", extra="forbid"
-    )
+    model_config = SettingsConfigDict(env_prefix="MLMESH_", env_nested_delimiter="__", extra="forbid")
 
     host: str = "127.0.0.1"
     data_dir: Path = Path("data")
@@ -93,10 +91,13 @@ class Settings(BaseSettings):
         return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls, config_path()))
 
     @model_validator(mode="after")
-    def _known_tiers(self) -> Settings:
+    def _every_tier_configured(self) -> Settings:
         unknown = sorted(set(self.tiers) - set(TIERS))
         if unknown:
             raise ValueError(f"tiers: unknown tier(s) {unknown}; expected names from {list(TIERS)}")
+        # A config that names some tiers keeps the default ports for the others.
+        for name, default in _default_tiers().items():
+            self.tiers.setdefault(name, default)
         return self
 
     def tier_url(self, tier: str) -> str:

@@ -3,6 +3,8 @@ request metrics, the request log line and ``/metrics``."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -10,14 +12,16 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from pathlib import Path
 from typing import Any
 
+import anyio.to_thread
 from fastapi import FastAPI
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from starlette.responses import Response
 
 from mlmesh.errors import problem_response
 from mlmesh.logs import new_request_id, set_request_id, valid_request_id
+from mlmesh.settings import Settings
 
-__all__ = ["MeshMiddleware", "RequestMetrics", "add_metrics_route", "snapshot_metrics"]
+__all__ = ["MeshMiddleware", "RequestMetrics", "add_metrics_route", "snapshot_loop", "snapshot_metrics"]
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -154,3 +158,11 @@ def snapshot_metrics(metrics: RequestMetrics, metrics_dir: Path) -> Path:
     with path.open("a", encoding="utf-8") as fh:
         fh.write(json.dumps({"time": time.time(), "process": metrics.process, "samples": samples}) + "\n")
     return path
+
+
+async def snapshot_loop(metrics: RequestMetrics, settings: Settings) -> None:
+    """Every ``metrics_snapshot_s``, append a snapshot to ``metrics/<process>.jsonl``."""
+    while True:
+        await asyncio.sleep(settings.metrics_snapshot_s)
+        with contextlib.suppress(OSError):
+            await anyio.to_thread.run_sync(snapshot_metrics, metrics, settings.metrics_dir)

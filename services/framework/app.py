@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import importlib
 import json
 import logging
@@ -18,7 +17,7 @@ from typing import Any
 
 import anyio.to_thread
 import httpx
-from fastapi import FastAPI, Request
+from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.responses import Response
@@ -27,9 +26,9 @@ import mlmesh
 from mlmesh.errors import MeshError, install_error_handlers
 from mlmesh.logs import configure_logging, current_request_id
 from mlmesh.settings import TIERS, Settings
-from mlmesh.web import MeshMiddleware, RequestMetrics, add_metrics_route, snapshot_metrics
+from mlmesh.web import MeshMiddleware, RequestMetrics, add_metrics_route, snapshot_loop
 from services.framework.context import RunContext
-from services.framework.declare import Component, registered
+from services.framework.declare import Component, DeclarationError, registered
 from services.framework.models import Envelope, Problem
 
 __all__ = ["create_app", "load_tier"]
@@ -55,7 +54,12 @@ def load_tier(tier: str) -> list[Component]:
     package = importlib.import_module(f"services.{tier}")
     for module in pkgutil.iter_modules(package.__path__, prefix=f"{package.__name__}."):
         importlib.import_module(module.name)
-    return sorted((c for c in registered().values() if c.tier == tier), key=lambda c: c.name)
+    prefix = f"{package.__name__}."
+    found = [c for c in registered().values() if c.fn.__module__.startswith(prefix)]
+    misplaced = [c.name for c in found if c.tier != tier]
+    if misplaced:
+        raise DeclarationError(f"{misplaced} live in services.{tier} but declare another tier")
+    return sorted(found, key=lambda c: c.name)
 
 
 class _PeakMemory:
@@ -107,7 +111,7 @@ def create_app(
         configure_logging(tier, settings.logs_dir)
         for directory in (settings.data_dir, settings.outputs_dir):
             directory.mkdir(parents=True, exist_ok=True)
-        tasks = [asyncio.create_task(_snapshot_loop(metrics, settings))]
+        tasks = [asyncio.create_task(snapshot_loop(metrics, settings))]
         if announce:
             tasks.append(asyncio.create_task(_announce_loop(tier, advertise_url, instance_id, settings)))
         app.state.started = time.monotonic()
@@ -239,10 +243,3 @@ async def _announce_loop(tier: str, base_url: str, instance_id: str, settings: S
                     log.info("gateway at %s not reachable yet (%s); will keep trying", settings.gateway_url, exc)
                 failures += 1
             await asyncio.sleep(interval)
-
-
-async def _snapshot_loop(metrics: RequestMetrics, settings: Settings) -> None:
-    while True:
-        await asyncio.sleep(settings.metrics_snapshot_s)
-        with contextlib.suppress(OSError):
-            await anyio.to_thread.run_sync(snapshot_metrics, metrics, settings.metrics_dir)

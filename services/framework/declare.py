@@ -138,7 +138,9 @@ def component(
         name = snake_case(class_name)
         where = f"component {class_name!r}"
         if fn.__name__ != name:
-            raise DeclarationError(f"{where}: function must be named {name!r} (snake_case of the class); got {fn.__name__!r}")
+            raise DeclarationError(
+                f"{where}: function must be named {name!r} (snake_case of the class); got {fn.__name__!r}"
+            )
         if tier not in TIERS:
             raise DeclarationError(f"{where}: tier must be one of {TIERS}; got {tier!r}")
         if not _VERSION.match(version):

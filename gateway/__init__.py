@@ -1,0 +1,1 @@
+"""The gateway: registry of services and components, router, docs, metrics."""

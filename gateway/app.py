@@ -1,0 +1,141 @@
+"""The gateway app factory: registry, discovery, router, docs and metrics in one process."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Annotated, Any
+
+from fastapi import FastAPI, Header, Path, Request
+from prometheus_client import Counter
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.responses import Response
+
+import mlmesh
+from gateway.discovery import Discovery
+from gateway.openapi import install_openapi
+from gateway.registry import Registry
+from gateway.router import Router
+from mlmesh.errors import NotFound, install_error_handlers
+from mlmesh.logs import configure_logging, current_request_id
+from mlmesh.settings import TIERS, Settings
+from mlmesh.web import MeshMiddleware, RequestMetrics, add_metrics_route, snapshot_loop
+
+__all__ = ["create_app"]
+
+log = logging.getLogger("mlmesh.gateway")
+ComponentName = Annotated[str, Path(pattern=r"^[a-z][a-z0-9_]{0,99}$", description="component name")]
+
+
+class Announcement(BaseModel):
+    """A service registering itself, or its heartbeat."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    tier: str = Field(description=f"one of {list(TIERS)}")
+    base_url: str = Field(max_length=300, description="http://host:port of the service (loopback or allow-listed)")
+    instance_id: str | None = Field(default=None, max_length=64, description="changes when the service restarts")
+
+
+def create_app(settings: Settings | None = None, *, poll: bool = True) -> FastAPI:
+    """Build the gateway. ``poll=False`` leaves health polling to the caller (tests)."""
+    settings = settings or Settings()
+    registry = Registry()
+    router = Router(registry, settings.gateway)
+    discovery = Discovery(registry, router, settings)
+    metrics = RequestMetrics("gateway")
+    upstream = Counter(
+        "mlmesh_gateway_upstream_total",
+        "Component calls routed, by component, service and upstream status",
+        ["component", "service", "status"],
+        registry=metrics.registry,
+    )
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        configure_logging("gateway", settings.logs_dir)
+        discovery.seed()
+        tasks = [asyncio.create_task(snapshot_loop(metrics, settings))]
+        if poll:
+            await discovery.poll_once()  # know who is there before the first request
+            tasks.append(asyncio.create_task(discovery.run()))
+        log.info("gateway ready at %s with %d services", settings.gateway_url, len(registry.services))
+        try:
+            yield
+        finally:
+            for task in tasks:
+                task.cancel()
+            await router.close()
+
+    app = FastAPI(
+        title="mlmesh gateway",
+        version=mlmesh.__version__,
+        description="Registry, router and docs of the mlmesh services. Every component runs at POST /run/<name>.",
+        lifespan=lifespan,
+    )
+    app.state.registry, app.state.router, app.state.discovery = registry, router, discovery
+    app.add_middleware(MeshMiddleware, metrics=metrics, max_body_bytes=settings.max_body_bytes)
+    install_error_handlers(app)
+    add_metrics_route(app, metrics)
+    install_openapi(app, registry)
+
+    @app.get("/health", tags=["mesh"], summary="The mesh at a glance: every service's status and latency")
+    async def health() -> dict[str, Any]:
+        now = time.monotonic()
+        services = [s.describe(now, router.breaker_state(s)) for s in registry.services.values()]
+        up = sum(s["status"] == "up" for s in services)
+        status = "ok" if services and up == len(services) else ("down" if up == 0 else "degraded")
+        return {
+            "status": status,
+            "version": mlmesh.__version__,
+            "components": len(registry.components()),
+            "services": sorted(services, key=lambda s: (s["tier"], s["base_url"])),
+        }
+
+    @app.get(
+        "/components", tags=["registry"], summary="Every component in the mesh, with tier, location, status and schemas"
+    )
+    async def components() -> dict[str, Any]:
+        return {"components": [c.describe() for c in registry.components().values()]}
+
+    @app.get("/components/{name}", tags=["registry"], summary="One component")
+    async def component(name: ComponentName) -> dict[str, Any]:
+        entry = registry.components().get(name)
+        if entry is None:
+            raise NotFound(f"unknown component {name!r}")
+        return entry.describe()
+
+    @app.get("/services", tags=["registry"], summary="Registered services")
+    async def services() -> dict[str, Any]:
+        return await health()
+
+    @app.post("/services", tags=["registry"], summary="Register a service or send its heartbeat")
+    async def announce(body: Announcement) -> dict[str, Any]:
+        entry = await discovery.announce(body.tier, body.base_url, body.instance_id)
+        return {"id": entry.id, "status": entry.status, "components": len(entry.manifest)}
+
+    @app.delete("/services/{service_id:path}", tags=["registry"], summary="Remove a service from the registry")
+    async def deregister(service_id: str) -> dict[str, Any]:
+        if registry.remove(service_id) is None:
+            raise NotFound(f"unknown service {service_id!r}")
+        await router.forget(service_id)
+        return {"id": service_id, "removed": True}
+
+    @app.post("/run/{name}", include_in_schema=False)
+    async def run(
+        name: ComponentName,
+        request: Request,
+        x_mlmesh_timeout: Annotated[float | None, Header(gt=0, le=3600)] = None,
+    ) -> Response:
+        # The tier validates the body; the gateway passes the bytes through untouched.
+        result = await router.run(
+            name, await request.body(), request_id=current_request_id(), timeout_s=x_mlmesh_timeout
+        )
+        upstream.labels(name, result.service.id, str(result.status_code)).inc()
+        headers = {**result.headers, "x-served-by": result.service.id}
+        return Response(result.content, status_code=result.status_code, headers=headers)
+
+    return app
