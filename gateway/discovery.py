@@ -54,6 +54,11 @@ class Discovery:
     async def check(self, entry: ServiceEntry) -> None:
         try:
             health, latency_ms = await self.router.probe(entry)
+        except httpx.TimeoutException:
+            # A busy service answers slowly but still answers calls: only silence beyond the
+            # heartbeat timeout (see _expire) marks it down, never one slow probe.
+            entry.error = "health check timed out"
+            return
         except (httpx.HTTPError, ValueError) as exc:
             if entry.status != "down":
                 log.warning("%s is down: %s", entry.id, type(exc).__name__)

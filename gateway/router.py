@@ -60,7 +60,7 @@ class Router:
             client = self._clients[service.id] = httpx.AsyncClient(
                 base_url=service.base_url,
                 timeout=httpx.Timeout(self.settings.request_timeout_s, connect=self.settings.connect_timeout_s),
-                limits=httpx.Limits(max_connections=256, max_keepalive_connections=64),
+                limits=httpx.Limits(max_connections=256, max_keepalive_connections=64, keepalive_expiry=30),
             )
         return client
 

@@ -27,6 +27,8 @@ def main(argv: list[str] | None = None) -> None:
         access_log=False,
         log_level="warning",
         timeout_graceful_shutdown=10,
+        # Longer than the gateway keeps idle connections, so it never reuses one the tier just closed.
+        timeout_keep_alive=75,
     )
 
 

@@ -79,6 +79,8 @@ def serving(app: Any, port: int | None = None) -> Iterator[ServerThread]:
 def mesh_env(root: Path, ports: dict[str, int], **extra: str) -> dict[str, str]:
     """Environment for mesh processes whose state lives under ``root`` and that listen on ``ports``."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLMESH_")}
+    # The Procfile says `python`: make it this interpreter, whatever PATH the tests were started with.
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
     env.update(
         MLMESH_DATA_DIR=str(root / "data"),
         MLMESH_OUTPUTS_DIR=str(root / "outputs"),

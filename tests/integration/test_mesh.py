@@ -1,0 +1,168 @@
+"""The whole mesh as users run it: ``honcho start`` over the Procfile, real processes on free ports."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+import pytest
+
+from tests.support import ROOT, MeshProcess, free_port, mesh_env, wait_for
+
+pytestmark = pytest.mark.integration
+TIERS = ("tier1", "tier2", "tier3", "tier4")
+
+
+@dataclass
+class Mesh:
+    gateway: str
+    ports: dict[str, int]
+    env: dict[str, str]
+    root: Path
+    honcho: subprocess.Popen[bytes]
+
+    def health(self) -> dict[str, Any]:
+        return httpx.get(f"{self.gateway}/health", timeout=5).json()
+
+    def tier_processes(self, tier: str) -> list[psutil.Process]:
+        """The uvicorn processes serving ``tier`` (not their supervisor)."""
+        found = []
+        for proc in psutil.Process(self.honcho.pid).children(recursive=True):
+            try:
+                cmd = proc.cmdline()
+            except psutil.NoSuchProcess:
+                continue
+            if cmd[-2:] == ["services", tier] and "mlmesh.supervise" not in cmd:
+                found.append(proc)
+        return found
+
+
+@pytest.fixture(scope="module")
+def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
+    root = tmp_path_factory.mktemp("mesh")
+    ports = {"gateway": free_port(), **{tier: free_port() for tier in TIERS}}
+    env = mesh_env(root, ports)
+    log = (root / "honcho.log").open("wb")
+    honcho = subprocess.Popen(  # noqa: S603
+        [sys.executable, "-m", "honcho", "start", "-f", str(ROOT / "Procfile")],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    mesh = Mesh(f"http://127.0.0.1:{ports['gateway']}", ports, env, root, honcho)
+    try:
+        wait_for(
+            lambda: len(services := mesh.health()["services"]) == 4
+            and all(s["status"] == "up" and s["latency_ms"] is not None for s in services),
+            timeout=90,
+            what="every tier up behind the gateway",
+        )
+        yield mesh
+    finally:
+        honcho.send_signal(signal.SIGTERM)
+        try:
+            honcho.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(honcho.pid, signal.SIGKILL)
+            honcho.wait()
+        log.close()
+
+
+def _a_component_of(mesh: Mesh, tier: str) -> dict[str, Any]:
+    components = httpx.get(f"{mesh.gateway}/components", timeout=5).json()["components"]
+    return next(c for c in components if c["tier"] == tier)
+
+
+def test_health_shows_every_service_up(mesh: Mesh) -> None:
+    body = mesh.health()
+    assert body["status"] == "ok"
+    assert sorted(s["tier"] for s in body["services"]) == list(TIERS)
+    for service in body["services"]:
+        assert service["latency_ms"] is not None and service["latency_ms"] < 1000
+
+
+def test_components_are_listed_and_run_through_the_gateway(mesh: Mesh) -> None:
+    components = httpx.get(f"{mesh.gateway}/components", timeout=5).json()["components"]
+    assert components, "no components discovered"
+    assert all(c["status"] == "up" and c["locations"] for c in components)
+    comp = _a_component_of(mesh, "tier3")
+    response = httpx.post(f"{mesh.gateway}/run/{comp['name']}", json=comp["example"], timeout=30)
+    assert response.status_code == 200, response.text
+    assert response.json()["local_metadata"]["tier"] == "tier3"
+
+
+def test_gateway_docs_list_every_component(mesh: Mesh) -> None:
+    doc = httpx.get(f"{mesh.gateway}/openapi.json", timeout=5).json()
+    components = httpx.get(f"{mesh.gateway}/components", timeout=5).json()["components"]
+    for comp in components:
+        assert f"/run/{comp['name']}" in doc["paths"]
+
+
+def test_killed_tier_gives_503_then_comes_back(mesh: Mesh) -> None:
+    comp = _a_component_of(mesh, "tier3")
+    url = f"{mesh.gateway}/run/{comp['name']}"
+    (victim,) = mesh.tier_processes("tier3")
+    old_instance = next(s for s in mesh.health()["services"] if s["tier"] == "tier3")
+    victim.send_signal(signal.SIGKILL)
+    victim.wait(timeout=10)
+
+    down = wait_for(
+        lambda: (r := httpx.post(url, json=comp["example"], timeout=30)).status_code == 503 and r,
+        timeout=10,
+        what="503 while tier3 is down",
+    )
+    assert "tier3" in down.json()["detail"]
+    assert down.json()["component"] is None or down.json()["component"] == comp["name"]
+
+    # The supervisor restarts it; it re-registers and the gateway serves it again.
+    wait_for(lambda: httpx.post(url, json=comp["example"], timeout=30).status_code == 200, timeout=60, what="tier3 back")
+    (replacement,) = mesh.tier_processes("tier3")
+    assert replacement.pid != victim.pid
+    assert next(s for s in mesh.health()["services"] if s["tier"] == "tier3")["status"] == "up"
+    assert old_instance["status"] == "up"
+    # The other tiers never went down.
+    assert all(s["status"] == "up" for s in mesh.health()["services"])
+
+
+def test_every_process_writes_json_logs_with_request_ids(mesh: Mesh) -> None:
+    comp = _a_component_of(mesh, "tier3")
+    httpx.post(f"{mesh.gateway}/run/{comp['name']}", json=comp["example"], headers={"X-Request-ID": "trace-me-1"}, timeout=30)
+    logs = mesh.root / "logs"
+
+    def traced() -> bool:
+        return all("trace-me-1" in (logs / f"{name}.log").read_text() for name in ("gateway", "tier3"))
+
+    wait_for(traced, timeout=10, what="request id in gateway and tier3 logs")
+    for name in ("gateway", *TIERS):
+        assert (logs / f"{name}.log").exists()
+
+
+def test_every_process_serves_metrics(mesh: Mesh) -> None:
+    for name, port in mesh.ports.items():
+        text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+        assert "mlmesh_http_requests_total" in text, name
+
+
+def test_a_tier_started_alone_announces_itself(mesh: Mesh, tmp_path: Path) -> None:
+    port = free_port()
+    extra = MeshProcess("tier2-extra", ["services", "tier2", "--port", str(port)], mesh.env, supervised=False, log=tmp_path / "extra.log")
+    try:
+        wait_for(
+            lambda: any(s["base_url"].endswith(f":{port}") and s["status"] == "up" for s in mesh.health()["services"]),
+            timeout=30,
+            what="the extra tier2 to register",
+        )
+        tier2 = next(c for c in httpx.get(f"{mesh.gateway}/components", timeout=5).json()["components"] if c["tier"] == "tier2")
+        assert len(tier2["locations"]) == 2
+    finally:
+        extra.stop()
