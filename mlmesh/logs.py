@@ -71,4 +71,6 @@ def configure_logging(process: str, logs_dir: Path, *, level: int = logging.INFO
     root.setLevel(level)
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
         logging.getLogger(name).propagate = True
+    # One line per request comes from the mesh's own access log; the HTTP client's would double it.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     return path

@@ -66,6 +66,7 @@ async def throughput(url: str, payload: bytes, concurrency: int, total: int) -> 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--component", default="structural_analyzer")
+    parser.add_argument("--payload", default='{"prompt": "Summarise this."}', help="JSON body ('' = the example)")
     parser.add_argument("--tier", default="tier3")
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--concurrency", type=int, default=32)
@@ -89,7 +90,7 @@ def main() -> None:
                 what="the component behind the gateway",
             )
             example = httpx.get(f"{gateway}/components/{args.component}").json()["example"]
-            payload = json.dumps(example).encode()
+            payload = (args.payload or json.dumps(example)).encode()
             for url in (direct, gateway):  # warm-up: connections, imports, caches
                 latencies(f"{url}/run/{args.component}", payload, 200)
 
