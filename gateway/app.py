@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
-from fastapi import FastAPI, Header, Path, Request
+from fastapi import FastAPI, Path, Request
 from prometheus_client import Counter
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import Response
@@ -19,7 +20,7 @@ from gateway.discovery import Discovery
 from gateway.openapi import install_openapi
 from gateway.registry import Registry
 from gateway.router import Router
-from mlmesh.errors import NotFound, install_error_handlers
+from mlmesh.errors import InvalidInput, NotFound, install_error_handlers
 from mlmesh.logs import configure_logging, current_request_id
 from mlmesh.settings import TIERS, Settings
 from mlmesh.web import MeshMiddleware, RequestMetrics, add_metrics_route, snapshot_loop
@@ -27,7 +28,9 @@ from mlmesh.web import MeshMiddleware, RequestMetrics, add_metrics_route, snapsh
 __all__ = ["create_app"]
 
 log = logging.getLogger("mlmesh.gateway")
-ComponentName = Annotated[str, Path(pattern=r"^[a-z][a-z0-9_]{0,99}$", description="component name")]
+COMPONENT_NAME = re.compile(r"[a-z][a-z0-9_]{0,99}")
+ComponentName = Annotated[str, Path(pattern=COMPONENT_NAME.pattern, description="component name")]
+TIMEOUT_HEADER = "x-mlmesh-timeout"
 
 
 class Announcement(BaseModel):
@@ -124,18 +127,32 @@ def create_app(settings: Settings | None = None, *, poll: bool = True) -> FastAP
         await router.forget(service_id)
         return {"id": service_id, "removed": True}
 
-    @app.post("/run/{name}", include_in_schema=False)
-    async def run(
-        name: ComponentName,
-        request: Request,
-        x_mlmesh_timeout: Annotated[float | None, Header(gt=0, le=3600)] = None,
-    ) -> Response:
-        # The tier validates the body; the gateway passes the bytes through untouched.
+    async def run(request: Request) -> Response:
+        # A plain Starlette route: the hot path skips FastAPI's parameter machinery, and the tier
+        # validates the body, so the gateway passes the bytes through untouched.
+        name = request.path_params["name"]
+        if not COMPONENT_NAME.fullmatch(name):
+            raise NotFound(f"unknown component {name!r}")
         result = await router.run(
-            name, await request.body(), request_id=current_request_id(), timeout_s=x_mlmesh_timeout
+            name, await request.body(), request_id=current_request_id(), timeout_s=_timeout_header(request)
         )
         upstream.labels(name, result.service.id, str(result.status_code)).inc()
         headers = {**result.headers, "x-served-by": result.service.id}
         return Response(result.content, status_code=result.status_code, headers=headers)
 
+    app.router.add_route("/run/{name}", run, methods=["POST"], include_in_schema=False)
     return app
+
+
+def _timeout_header(request: Request) -> float | None:
+    """The caller's per-call timeout (``X-MLMesh-Timeout`` seconds), if any."""
+    raw = request.headers.get(TIMEOUT_HEADER)
+    if raw is None:
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not 0 < value <= 3600:
+        raise InvalidInput("X-MLMesh-Timeout", f"must be seconds in (0, 3600]; got {raw[:20]!r}")
+    return value

@@ -6,10 +6,8 @@ import asyncio
 import logging
 import time
 
-import httpx
-
 from gateway.registry import Registry, ServiceEntry, normalise_base_url
-from gateway.router import Router
+from gateway.router import ProbeFailed, Router
 from mlmesh.settings import Settings
 
 __all__ = ["Discovery"]
@@ -54,15 +52,15 @@ class Discovery:
     async def check(self, entry: ServiceEntry) -> None:
         try:
             health, latency_ms = await self.router.probe(entry)
-        except httpx.TimeoutException:
-            # A busy service answers slowly but still answers calls: only silence beyond the
-            # heartbeat timeout (see _expire) marks it down, never one slow probe.
-            entry.error = "health check timed out"
-            return
-        except (httpx.HTTPError, ValueError) as exc:
+        except ProbeFailed as exc:
+            if exc.timed_out:
+                # A busy service answers slowly but still answers calls: only silence beyond the
+                # heartbeat timeout (see _expire) marks it down, never one slow probe.
+                entry.error = "health check timed out"
+                return
             if entry.status != "down":
-                log.warning("%s is down: %s", entry.id, type(exc).__name__)
-            self.registry.mark_down(entry, f"health check failed: {type(exc).__name__}")
+                log.warning("%s is down: %s", entry.id, exc)
+            self.registry.mark_down(entry, f"health check failed: {exc}")
             return
         if health.get("tier") != entry.tier:
             self.registry.mark_down(entry, f"answers as {health.get('tier')!r}, registered as {entry.tier!r}")
@@ -86,7 +84,7 @@ class Discovery:
     async def _refresh_manifest(self, entry: ServiceEntry) -> None:
         try:
             self.registry.set_manifest(entry, await self.router.manifest(entry))
-        except (httpx.HTTPError, ValueError, KeyError) as exc:
+        except (ProbeFailed, KeyError) as exc:
             log.warning("could not read the manifest of %s: %s", entry.id, exc)
 
     def _expire(self) -> list[str]:
