@@ -9,14 +9,15 @@ import logging
 import pkgutil
 import threading
 import time
-import tracemalloc
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import anyio.to_thread
 import httpx
+import psutil
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
@@ -63,30 +64,44 @@ def load_tier(tier: str) -> list[Component]:
 
 
 class _PeakMemory:
-    """Peak traced allocation (Python objects and numpy buffers) during a run.
+    """Peak resident memory a run added, from the kernel's high-water mark (``VmHWM``).
 
-    tracemalloc is process-wide, so it runs while at least one run is active; with
-    concurrent runs a run's figure is the process peak above its starting point.
+    The mark is reset (``/proc/self/clear_refs``) when a run starts with no other run
+    active; with concurrent runs a run's figure is the process peak above its starting
+    RSS. Unlike tracemalloc this costs about 50 µs a run and sees native allocations
+    (BLAS, SQLite) too. Without /proc (not Linux) it falls back to the RSS growth.
     """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._active = 0
+        self._proc = Path("/proc/self")
+        self._resettable = (self._proc / "clear_refs").exists()
+
+    def _status_kb(self, key: str) -> int:
+        for line in (self._proc / "status").read_text().splitlines():
+            if line.startswith(key):
+                return int(line.split()[1])
+        raise KeyError(key)
+
+    def _rss_kb(self) -> int:
+        return self._status_kb("VmRSS:") if self._resettable else psutil.Process().memory_info().rss // 1024
 
     def start(self) -> int:
         with self._lock:
-            if self._active == 0:
-                tracemalloc.start()
+            if self._active == 0 and self._resettable:
+                try:
+                    (self._proc / "clear_refs").write_text("5")
+                except OSError:
+                    self._resettable = False
             self._active += 1
-            return tracemalloc.get_traced_memory()[0]
+            return self._rss_kb()
 
-    def stop(self, baseline: int) -> float:
+    def stop(self, baseline_kb: int) -> float:
         with self._lock:
-            peak = tracemalloc.get_traced_memory()[1]
             self._active -= 1
-            if self._active == 0:
-                tracemalloc.stop()
-            return max(0, peak - baseline) / 2**20
+            peak = self._status_kb("VmHWM:") if self._resettable else self._rss_kb()
+        return max(0, peak - baseline_kb) / 1024
 
 
 def create_app(

@@ -62,8 +62,10 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
     mesh = Mesh(f"http://127.0.0.1:{ports['gateway']}", ports, env, root, honcho)
     try:
         wait_for(
-            lambda: len(services := mesh.health()["services"]) == 4
-            and all(s["status"] == "up" and s["latency_ms"] is not None for s in services),
+            lambda: (
+                len(services := mesh.health()["services"]) == 4
+                and all(s["status"] == "up" and s["latency_ms"] is not None for s in services)
+            ),
             timeout=90,
             what="every tier up behind the gateway",
         )
@@ -125,7 +127,9 @@ def test_killed_tier_gives_503_then_comes_back(mesh: Mesh) -> None:
     assert down.json()["component"] is None or down.json()["component"] == comp["name"]
 
     # The supervisor restarts it; it re-registers and the gateway serves it again.
-    wait_for(lambda: httpx.post(url, json=comp["example"], timeout=30).status_code == 200, timeout=60, what="tier3 back")
+    wait_for(
+        lambda: httpx.post(url, json=comp["example"], timeout=30).status_code == 200, timeout=60, what="tier3 back"
+    )
     (replacement,) = mesh.tier_processes("tier3")
     assert replacement.pid != victim.pid
     assert next(s for s in mesh.health()["services"] if s["tier"] == "tier3")["status"] == "up"
@@ -136,7 +140,9 @@ def test_killed_tier_gives_503_then_comes_back(mesh: Mesh) -> None:
 
 def test_every_process_writes_json_logs_with_request_ids(mesh: Mesh) -> None:
     comp = _a_component_of(mesh, "tier3")
-    httpx.post(f"{mesh.gateway}/run/{comp['name']}", json=comp["example"], headers={"X-Request-ID": "trace-me-1"}, timeout=30)
+    httpx.post(
+        f"{mesh.gateway}/run/{comp['name']}", json=comp["example"], headers={"X-Request-ID": "trace-me-1"}, timeout=30
+    )
     logs = mesh.root / "logs"
 
     def traced() -> bool:
@@ -155,14 +161,49 @@ def test_every_process_serves_metrics(mesh: Mesh) -> None:
 
 def test_a_tier_started_alone_announces_itself(mesh: Mesh, tmp_path: Path) -> None:
     port = free_port()
-    extra = MeshProcess("tier2-extra", ["services", "tier2", "--port", str(port)], mesh.env, supervised=False, log=tmp_path / "extra.log")
+    extra = MeshProcess(
+        "tier2-extra",
+        ["services", "tier2", "--port", str(port)],
+        mesh.env,
+        supervised=False,
+        log=tmp_path / "extra.log",
+    )
     try:
         wait_for(
             lambda: any(s["base_url"].endswith(f":{port}") and s["status"] == "up" for s in mesh.health()["services"]),
             timeout=30,
             what="the extra tier2 to register",
         )
-        tier2 = next(c for c in httpx.get(f"{mesh.gateway}/components", timeout=5).json()["components"] if c["tier"] == "tier2")
+        tier2 = next(
+            c for c in httpx.get(f"{mesh.gateway}/components", timeout=5).json()["components"] if c["tier"] == "tier2"
+        )
         assert len(tier2["locations"]) == 2
     finally:
         extra.stop()
+
+
+def test_stateful_component_survives_a_killed_tier(mesh: Mesh) -> None:
+    run = f"{mesh.gateway}/run/multiarmed_bandit_framework"
+    created = httpx.post(
+        run, json={"operation": "create", "arms": ["clarity", "examples"], "algorithm": "ucb1", "seed": 7}, timeout=30
+    )
+    assert created.status_code == 200, created.text
+    experiment = created.json()["component_result"]["experiment_id"]
+    rewards = {"clarity": [1, 0, 1, 1], "examples": [0, 0, 1]}
+    for arm, values in rewards.items():
+        update = {"operation": "update", "experiment_id": experiment, "arm": arm, "rewards": values}
+        assert httpx.post(run, json=update, timeout=30).status_code == 200
+
+    (victim,) = mesh.tier_processes("tier2")
+    victim.send_signal(signal.SIGKILL)
+    victim.wait(timeout=10)
+    summary = {"operation": "summary", "experiment_id": experiment}
+    response = wait_for(
+        lambda: (r := httpx.post(run, json=summary, timeout=30)).status_code == 200 and r,
+        timeout=60,
+        what="tier2 back with the experiment",
+    )
+    assert mesh.tier_processes("tier2")[0].pid != victim.pid
+    arms = response.json()["component_result"]["summary"]["arms"]
+    assert {a["arm"]: a["pulls"] for a in arms} == {arm: len(values) for arm, values in rewards.items()}
+    assert {a["arm"]: a["reward_sum"] for a in arms} == {arm: sum(values) for arm, values in rewards.items()}
