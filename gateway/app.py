@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
-from fastapi import FastAPI, Path, Request
+from fastapi import Depends, FastAPI, Path, Request
 from prometheus_client import Counter
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import Response
@@ -22,6 +22,7 @@ from gateway.registry import Registry
 from gateway.router import Router
 from mlmesh.errors import InvalidInput, NotFound, install_error_handlers
 from mlmesh.logs import configure_logging, current_request_id
+from mlmesh.security import mesh_token, require_token
 from mlmesh.settings import TIERS, Settings
 from mlmesh.web import MeshMiddleware, RequestMetrics, add_metrics_route, snapshot_loop
 
@@ -47,7 +48,8 @@ def create_app(settings: Settings | None = None, *, poll: bool = True) -> FastAP
     """Build the gateway. ``poll=False`` leaves health polling to the caller (tests)."""
     settings = settings or Settings()
     registry = Registry()
-    router = Router(registry, settings.gateway)
+    token = mesh_token(settings)
+    router = Router(registry, settings.gateway, token=token)
     discovery = Discovery(registry, router, settings)
     metrics = RequestMetrics("gateway")
     upstream = Counter(
@@ -115,12 +117,21 @@ def create_app(settings: Settings | None = None, *, poll: bool = True) -> FastAP
     async def services() -> dict[str, Any]:
         return await health()
 
-    @app.post("/services", tags=["registry"], summary="Register a service or send its heartbeat")
+    members_only = [Depends(require_token(token, why="only mesh services may register or deregister"))]
+
+    @app.post(
+        "/services", tags=["registry"], summary="Register a service or send its heartbeat", dependencies=members_only
+    )
     async def announce(body: Announcement) -> dict[str, Any]:
         entry = await discovery.announce(body.tier, body.base_url, body.instance_id)
         return {"id": entry.id, "status": entry.status, "components": len(entry.manifest)}
 
-    @app.delete("/services/{service_id:path}", tags=["registry"], summary="Remove a service from the registry")
+    @app.delete(
+        "/services/{service_id:path}",
+        tags=["registry"],
+        summary="Remove a service from the registry",
+        dependencies=members_only,
+    )
     async def deregister(service_id: str) -> dict[str, Any]:
         if registry.remove(service_id) is None:
             raise NotFound(f"unknown service {service_id!r}")

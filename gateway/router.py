@@ -24,6 +24,7 @@ from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt,
 
 from gateway.registry import ComponentEntry, Registry, ServiceEntry
 from mlmesh.errors import GatewayTimeout, NotFound, ServiceUnavailable
+from mlmesh.security import TOKEN_HEADER
 from mlmesh.settings import GatewaySettings
 
 __all__ = ["ProbeFailed", "Router", "UpstreamResponse"]
@@ -62,9 +63,10 @@ class _Unreachable(Exception):
 class Router:
     """Routes component calls to the services that host them."""
 
-    def __init__(self, registry: Registry, settings: GatewaySettings) -> None:
+    def __init__(self, registry: Registry, settings: GatewaySettings, *, token: str) -> None:
         self.registry = registry
         self.settings = settings
+        self._token = token
         self._sessions: dict[str, aiohttp.ClientSession] = {}
         self._breakers: dict[str, tuple[pybreaker.CircuitBreaker, pybreaker.CircuitMemoryStorage]] = {}
 
@@ -156,7 +158,7 @@ class Router:
             raise NotFound(
                 f"unknown component {name!r}; GET /components lists the {len(self.registry.components())} known"
             )
-        headers = {"content-type": "application/json"}
+        headers = {"content-type": "application/json", TOKEN_HEADER: self._token}
         if request_id:
             headers["x-request-id"] = request_id
         tried: list[ServiceEntry] = []

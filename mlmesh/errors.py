@@ -8,6 +8,7 @@ Exception tree::
 
     MeshError                      500 unless a subclass says otherwise
     ├── BadRequest                 400  malformed input, path outside data/
+    ├── Unauthorized               401  missing or wrong mesh token
     ├── NotFound                   404  unknown component, experiment, model, run
     ├── Conflict                   409  state does not allow the operation
     ├── PayloadTooLarge            413  body or estimate over the configured limit
@@ -62,6 +63,10 @@ class MeshError(Exception):
 
 class BadRequest(MeshError):
     status, title = 400, "Bad request"
+
+
+class Unauthorized(MeshError):
+    status, title = 401, "Unauthorized"
 
 
 class NotFound(MeshError):

@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -73,6 +73,8 @@ class Settings(BaseSettings):
     metrics_snapshot_s: PositiveSeconds = 60.0
     # The URL a tier announces to the gateway; derived from its tier settings if unset.
     advertise_url: str | None = None
+    # Shared secret between the gateway and the tiers; generated into data/mesh.token when unset.
+    token: SecretStr | None = None
     database_url: str | None = None
     redis_url: str | None = None
     gateway: GatewaySettings = Field(default_factory=GatewaySettings)

@@ -28,13 +28,15 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.support import MeshProcess, free_port, mesh_env, wait_for  # noqa: E402
+from tests.support import MeshProcess, auth, free_port, mesh_env, wait_for  # noqa: E402
 
 ARMS = ["clarity", "specificity", "examples", "role", "structure"]
 TRUE_RATES = dict(zip(ARMS, [0.30, 0.35, 0.50, 0.20, 0.40], strict=True))
 
 
-async def drive(url: str, experiment: str, *, seconds: float, concurrency: int, batch: int) -> tuple[int, int]:
+async def drive(
+    url: str, experiment: str, headers: dict[str, str], *, seconds: float, concurrency: int, batch: int
+) -> tuple[int, int]:
     """Run select+update loops for ``seconds``; return (HTTP calls, decisions)."""
     rng = np.random.default_rng(1)
     calls = decisions = 0
@@ -42,7 +44,7 @@ async def drive(url: str, experiment: str, *, seconds: float, concurrency: int, 
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency)) as session:
 
         async def post(body: dict[str, object]) -> dict[str, object]:
-            async with session.post(url, data=json.dumps(body), headers={"content-type": "application/json"}) as r:
+            async with session.post(url, data=json.dumps(body), headers=headers) as r:
                 if r.status != 200:
                     raise SystemExit(f"{r.status}: {await r.text()}")
                 return dict((await r.json())["component_result"])
@@ -73,9 +75,12 @@ def main() -> None:
         env = mesh_env(root, {"gateway": free_port(), "tier2": port})
         proc = MeshProcess("tier2", ["services", "tier2"], env, supervised=False, log=root / "tier2.out")
         url = f"http://127.0.0.1:{port}/run/multiarmed_bandit_framework"
+        headers = {"content-type": "application/json", **auth(env)}
         try:
             wait_for(lambda: httpx.get(f"http://127.0.0.1:{port}/health").status_code == 200, timeout=90, what="tier2")
-            created = httpx.post(url, json={"operation": "create", "arms": ARMS, "algorithm": "thompson_beta"}).json()
+            created = httpx.post(
+                url, json={"operation": "create", "arms": ARMS, "algorithm": "thompson_beta"}, headers=headers
+            ).json()
             experiment = created["component_result"]["experiment_id"]
             rows = []
             for label, concurrency, batch in [
@@ -85,11 +90,13 @@ def main() -> None:
             ]:
                 start = time.perf_counter()
                 calls, decisions = asyncio.run(
-                    drive(url, experiment, seconds=args.seconds, concurrency=concurrency, batch=batch)
+                    drive(url, experiment, headers, seconds=args.seconds, concurrency=concurrency, batch=batch)
                 )
                 elapsed = time.perf_counter() - start
                 rows.append((label, calls / elapsed, decisions / elapsed))
-            summary = httpx.post(url, json={"operation": "summary", "experiment_id": experiment}).json()
+            summary = httpx.post(
+                url, json={"operation": "summary", "experiment_id": experiment}, headers=headers
+            ).json()
         finally:
             proc.stop()
     best = summary["component_result"]["summary"]["best_arm"]

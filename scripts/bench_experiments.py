@@ -48,7 +48,7 @@ from statsmodels.stats.proportion import confint_proportions_2indep, proportion_
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.support import MeshProcess, free_port, mesh_env, wait_for  # noqa: E402
+from tests.support import MeshProcess, auth, free_port, mesh_env, wait_for  # noqa: E402
 
 TARGET = 1.5
 
@@ -195,7 +195,7 @@ def main() -> None:
             base = f"http://127.0.0.1:{port}"
             wait_for(lambda: httpx.get(f"{base}/ready", timeout=1).status_code == 200, timeout=60, what="tier4")
             bodies = requests(args.resamples, args.seed)
-            with httpx.Client(base_url=base, timeout=3600) as client:
+            with httpx.Client(base_url=base, timeout=3600, headers=auth(env)) as client:
                 # Warm both sides up on a tiny problem (first-call costs are not what we measure).
                 post(
                     client,

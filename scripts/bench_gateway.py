@@ -28,12 +28,11 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.support import MeshProcess, free_port, mesh_env, wait_for  # noqa: E402
+from tests.support import MeshProcess, auth, free_port, mesh_env, wait_for  # noqa: E402
 
 
-def latencies(url: str, payload: bytes, n: int) -> np.ndarray:
+def latencies(url: str, payload: bytes, n: int, headers: dict[str, str]) -> np.ndarray:
     out = np.empty(n)
-    headers = {"content-type": "application/json"}
     with httpx.Client(timeout=30) as client:
         for i in range(n):
             start = time.perf_counter()
@@ -44,8 +43,7 @@ def latencies(url: str, payload: bytes, n: int) -> np.ndarray:
     return out * 1e3
 
 
-async def throughput(url: str, payload: bytes, concurrency: int, total: int) -> float:
-    headers = {"content-type": "application/json"}
+async def throughput(url: str, payload: bytes, concurrency: int, total: int, headers: dict[str, str]) -> float:
     remaining = total
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     async with httpx.AsyncClient(timeout=60, limits=limits) as client:
@@ -81,6 +79,8 @@ def main() -> None:
             MeshProcess("gateway", ["gateway"], env, supervised=False, log=root / "gateway.out"),
             MeshProcess(args.tier, ["services", args.tier], env, supervised=False, log=root / "tier.out"),
         ]
+        # Both paths send the mesh token, so that they carry the same headers.
+        headers = {"content-type": "application/json", **auth(env)}
         gateway = f"http://127.0.0.1:{ports['gateway']}"
         direct = f"http://127.0.0.1:{ports[args.tier]}"
         try:
@@ -92,22 +92,22 @@ def main() -> None:
             example = httpx.get(f"{gateway}/components/{args.component}").json()["example"]
             payload = (args.payload or json.dumps(example)).encode()
             for url in (direct, gateway):  # warm-up: connections, imports, caches
-                latencies(f"{url}/run/{args.component}", payload, 200)
+                latencies(f"{url}/run/{args.component}", payload, 200, headers)
 
             rounds = []
             for _ in range(3):  # interleave so that drift hits both paths alike
-                d = latencies(f"{direct}/run/{args.component}", payload, args.requests // 3)
-                g = latencies(f"{gateway}/run/{args.component}", payload, args.requests // 3)
+                d = latencies(f"{direct}/run/{args.component}", payload, args.requests // 3, headers)
+                g = latencies(f"{gateway}/run/{args.component}", payload, args.requests // 3, headers)
                 rounds.append((d, g))
             d_all = np.concatenate([r[0] for r in rounds])
             g_all = np.concatenate([r[1] for r in rounds])
             n_tp = max(args.requests, args.concurrency * 20)
             tp_direct = statistics.median(
-                asyncio.run(throughput(f"{direct}/run/{args.component}", payload, args.concurrency, n_tp))
+                asyncio.run(throughput(f"{direct}/run/{args.component}", payload, args.concurrency, n_tp, headers))
                 for _ in range(3)
             )
             tp_gateway = statistics.median(
-                asyncio.run(throughput(f"{gateway}/run/{args.component}", payload, args.concurrency, n_tp))
+                asyncio.run(throughput(f"{gateway}/run/{args.component}", payload, args.concurrency, n_tp, headers))
                 for _ in range(3)
             )
         finally:

@@ -8,19 +8,24 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
+from mlmesh.security import TOKEN_HEADER
 from mlmesh.settings import Settings
 from services.framework import Component
 from services.framework.app import create_app
 
+TEST_TOKEN = "test-mesh-token-0123456789abcdef0123456789"
+# Headers for calling a tier's /run directly, as the gateway does.
+AUTH = {TOKEN_HEADER: TEST_TOKEN}
+
 
 def make_settings(root: Path, **overrides: object) -> Settings:
-    """Settings whose data, outputs, logs and metrics live under ``root``."""
+    """Settings whose data, outputs, logs and metrics live under ``root``, sharing the test token."""
     return Settings(
         data_dir=root / "data",
         outputs_dir=root / "outputs",
         logs_dir=root / "logs",
         metrics_dir=root / "metrics",
-        **overrides,
+        **{"token": TEST_TOKEN, **overrides},
     )
 
 
@@ -36,7 +41,9 @@ def client_for(settings: Settings) -> Iterator[Callable[..., TestClient]]:
 
     def make(*components: Component) -> TestClient:
         tier = components[0].tier
-        client = TestClient(create_app(tier, settings=settings, components=list(components), announce=False))
+        client = TestClient(
+            create_app(tier, settings=settings, components=list(components), announce=False), headers=AUTH
+        )
         client.__enter__()
         opened.append(client)
         return client

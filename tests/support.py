@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -90,6 +91,8 @@ def mesh_env(root: Path, ports: dict[str, int], **extra: str) -> dict[str, str]:
         MLMESH_GATEWAY__HEALTH_INTERVAL_S="0.5",
         MLMESH_GATEWAY__HEARTBEAT_TIMEOUT_S="1.5",
         MLMESH_CONFIG=str(ROOT / "configs" / "mesh.toml"),
+        # Known to the caller, so that tests and benchmarks can also call a tier directly.
+        MLMESH_TOKEN=secrets.token_urlsafe(32),
         PYTHONUNBUFFERED="1",
     )
     for tier, port in ports.items():
@@ -108,7 +111,7 @@ class MeshProcess:
             command = [sys.executable, "-m", "mlmesh.supervise", name, "--", *command]
         self.name = name
         self.log = log.open("ab")
-        self.proc = subprocess.Popen(  # noqa: S603
+        self.proc = subprocess.Popen(
             command, cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True
         )
 
@@ -125,3 +128,8 @@ class MeshProcess:
 
 def get_json(url: str, timeout: float = 2.0) -> Any:
     return httpx.get(url, timeout=timeout).json()
+
+
+def auth(env: dict[str, str]) -> dict[str, str]:
+    """Headers for calling a tier of the mesh started with ``env`` directly (as the gateway does)."""
+    return {"X-MLMesh-Token": env["MLMESH_TOKEN"]}

@@ -18,7 +18,7 @@ from typing import Any
 import anyio.to_thread
 import httpx
 import psutil
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.responses import Response
@@ -26,6 +26,7 @@ from starlette.responses import Response
 import mlmesh
 from mlmesh.errors import MeshError, install_error_handlers
 from mlmesh.logs import configure_logging, current_request_id
+from mlmesh.security import TOKEN_HEADER, mesh_token, require_token
 from mlmesh.settings import TIERS, Settings
 from mlmesh.web import MeshMiddleware, RequestMetrics, add_metrics_route, snapshot_loop
 from services.framework.context import RunContext
@@ -39,6 +40,7 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     status: {"model": Problem, "description": text}
     for status, text in {
         400: "malformed input or a path outside data/",
+        401: "missing or wrong mesh token (call through the gateway)",
         404: "unknown id",
         409: "conflicting state",
         413: "body over the limit",
@@ -120,6 +122,8 @@ def create_app(
     advertise_url = settings.advertise_url or settings.tier_url(tier)
     databases: dict[str, Any] = {}
     peak_memory = _PeakMemory()
+    token = mesh_token(settings)
+    token_required = require_token(token, why="components run through the gateway")
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -128,7 +132,7 @@ def create_app(
             directory.mkdir(parents=True, exist_ok=True)
         tasks = [asyncio.create_task(snapshot_loop(metrics, settings))]
         if announce:
-            tasks.append(asyncio.create_task(_announce_loop(tier, advertise_url, instance_id, settings)))
+            tasks.append(asyncio.create_task(_announce_loop(tier, advertise_url, instance_id, settings, token)))
         app.state.started = time.monotonic()
         app.state.ready = True
         log.info("%s ready with %d components at %s", tier, len(hosted), advertise_url)
@@ -212,12 +216,12 @@ def create_app(
         return Response(body, media_type="application/json")
 
     for comp in hosted:
-        _add_run_route(app, comp, execute)
+        _add_run_route(app, comp, execute, token_required)
     app.state.components = by_name
     return app
 
 
-def _add_run_route(app: FastAPI, comp: Component, execute: Any) -> None:
+def _add_run_route(app: FastAPI, comp: Component, execute: Any, token_required: Any) -> None:
     model = comp.input_model
 
     async def run(payload: Any) -> Response:
@@ -234,17 +238,20 @@ def _add_run_route(app: FastAPI, comp: Component, execute: Any) -> None:
         summary=comp.summary,
         description=comp.description,
         response_model=None,
+        dependencies=[Depends(token_required)],
         responses={200: {"model": Envelope, "description": "the success envelope"}, **ERROR_RESPONSES},
         openapi_extra={"requestBody": {"content": {"application/json": {"example": comp.example}}}},
     )
 
 
-async def _announce_loop(tier: str, base_url: str, instance_id: str, settings: Settings) -> None:
+async def _announce_loop(tier: str, base_url: str, instance_id: str, settings: Settings, token: str) -> None:
     """Register with the gateway and keep sending heartbeats; either side may start first."""
     interval = max(0.2, settings.gateway.heartbeat_timeout_s / 3)
     body = {"tier": tier, "base_url": base_url, "instance_id": instance_id}
     failures = 0
-    async with httpx.AsyncClient(base_url=settings.gateway_url, timeout=settings.gateway.connect_timeout_s) as client:
+    async with httpx.AsyncClient(
+        base_url=settings.gateway_url, timeout=settings.gateway.connect_timeout_s, headers={TOKEN_HEADER: token}
+    ) as client:
         while True:
             try:
                 response = await client.post("/services", json=body)

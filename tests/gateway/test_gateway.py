@@ -9,7 +9,7 @@ from fastapi.testclient import TestClient
 
 from gateway.app import create_app as create_gateway
 from services.framework.app import create_app as create_tier
-from tests.conftest import make_settings
+from tests.conftest import AUTH, make_settings
 from tests.gateway.conftest import gateway_settings
 from tests.gateway.toys import toy_add, toy_wait
 from tests.support import ServerThread, free_port, serving, wait_for
@@ -176,18 +176,28 @@ def test_registration_accepts_only_loopback_or_allow_listed(gateway: TestClient)
         "http://127.0.0.1",
     ]
     for url in rejected:
-        response = gateway.post("/services", json={"tier": "tier3", "base_url": url})
+        response = gateway.post("/services", json={"tier": "tier3", "base_url": url}, headers=AUTH)
         assert 400 <= response.status_code < 500, url
         assert "base_url" in response.json()["detail"], url
-    bad_tier = gateway.post("/services", json={"tier": "tier9", "base_url": "http://127.0.0.1:9"})
+    bad_tier = gateway.post("/services", json={"tier": "tier9", "base_url": "http://127.0.0.1:9"}, headers=AUTH)
     assert bad_tier.status_code == 422 and "tier" in bad_tier.json()["detail"]
 
 
 def test_deregistration(gateway: TestClient) -> None:
     sid = next(s["id"] for s in gateway.get("/health").json()["services"] if s["tier"] == "tier1")
-    assert gateway.delete(f"/services/{sid}").status_code == 200
+    assert gateway.delete(f"/services/{sid}").status_code == 401
+    assert gateway.delete(f"/services/{sid}", headers=AUTH).status_code == 200
     assert sid not in {s["id"] for s in gateway.get("/health").json()["services"]}
-    assert gateway.delete(f"/services/{sid}").status_code == 404
+    assert gateway.delete(f"/services/{sid}", headers=AUTH).status_code == 404
+
+
+def test_registration_needs_the_mesh_token(gateway: TestClient) -> None:
+    body = {"tier": "tier2", "base_url": "http://127.0.0.1:9"}
+    for headers in ({}, {"X-MLMesh-Token": "wrong"}):
+        response = gateway.post("/services", json=body, headers=headers)
+        assert response.status_code == 401
+        assert "X-MLMesh-Token" in response.json()["detail"]
+    assert all(s["base_url"] != "http://127.0.0.1:9" for s in gateway.get("/health").json()["services"])
 
 
 def test_metrics_count_routed_calls(gateway: TestClient) -> None:
@@ -209,6 +219,7 @@ def test_body_limit_is_413(tmp_path: Path, tier_ports: dict[str, int], tier3: Se
 
 
 def test_direct_tier_call_matches_gateway_call(gateway: TestClient, tier3: ServerThread) -> None:
-    direct = httpx.post(f"{tier3.url}/run/toy_add", json={"a": 4}).json()
+    assert httpx.post(f"{tier3.url}/run/toy_add", json={"a": 4}).status_code == 401
+    direct = httpx.post(f"{tier3.url}/run/toy_add", json={"a": 4}, headers=AUTH).json()
     proxied = gateway.post("/run/toy_add", json={"a": 4}).json()
     assert direct["component_result"]["total"] == proxied["component_result"]["total"] == 4.0

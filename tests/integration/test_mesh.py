@@ -51,7 +51,7 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
     ports = {"gateway": free_port(), **{tier: free_port() for tier in TIERS}}
     env = mesh_env(root, ports)
     log = (root / "honcho.log").open("wb")
-    honcho = subprocess.Popen(  # noqa: S603
+    honcho = subprocess.Popen(
         [sys.executable, "-m", "honcho", "start", "-f", str(ROOT / "Procfile")],
         cwd=ROOT,
         env=env,

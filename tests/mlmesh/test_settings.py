@@ -41,7 +41,7 @@ def test_config_file_location(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -
 
 def test_bad_values_are_named(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MLMESH_GATEWAY__PORT", "99999")
-    with pytest.raises(ValidationError, match="gateway.port"):
+    with pytest.raises(ValidationError, match=r"gateway\.port"):
         Settings()
     monkeypatch.delenv("MLMESH_GATEWAY__PORT")
     with pytest.raises(ValidationError, match="unknown tier"):

@@ -15,7 +15,7 @@ from fastapi.testclient import TestClient
 from mlmesh.settings import TIERS
 from services.framework import Component, RunContext
 from services.framework.app import create_app, load_tier
-from tests.conftest import make_settings
+from tests.conftest import AUTH, make_settings
 
 COMPONENTS: list[Component] = [c for tier in TIERS for c in load_tier(tier)]
 IDS = [c.name for c in COMPONENTS]
@@ -24,7 +24,9 @@ IDS = [c.name for c in COMPONENTS]
 @pytest.fixture(scope="module")
 def clients(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, TestClient]]:
     root = tmp_path_factory.mktemp("contract")
-    opened = {tier: TestClient(create_app(tier, settings=make_settings(root), announce=False)) for tier in TIERS}
+    opened = {
+        tier: TestClient(create_app(tier, settings=make_settings(root), announce=False), headers=AUTH) for tier in TIERS
+    }
     for client in opened.values():
         client.__enter__()
     yield opened

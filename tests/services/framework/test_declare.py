@@ -118,7 +118,7 @@ def test_duplicates_fail() -> None:
     with pytest.raises(DeclarationError, match="already declared"):
 
         @_declare("OnceOnlyThing")
-        def once_only_thing(request: In) -> Out:  # noqa: F811
+        def once_only_thing(request: In) -> Out:
             """Doc."""
             return Out(y=request.x)
 

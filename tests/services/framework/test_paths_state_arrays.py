@@ -30,7 +30,7 @@ def test_confine_accepts_paths_inside(data_dir: Path) -> None:
 
 @pytest.mark.parametrize("bad", ["../secret", "sub/../../x", "/etc/passwd", "C:/windows", "a\x00b", "", "..\\x"])
 def test_confine_rejects_escapes(data_dir: Path, bad: str) -> None:
-    with pytest.raises(BadRequest, match="^input_path: "):
+    with pytest.raises(BadRequest, match=r"^input_path: "):
         confine(data_dir, bad, field="input_path")
 
 
@@ -107,7 +107,7 @@ def test_numbers_errors_name_the_field(data_dir: Path) -> None:
     with pytest.raises(InvalidInput, match=r"^x\.column: no column named 'zz'"):
         load_numbers(FileRef(path="sub/x.csv", column="zz"), data_dir, field="x")
     np.save(data_dir / "nan.npy", np.array([1.0, np.nan]))
-    with pytest.raises(InvalidInput, match="^x: must contain only finite"):
+    with pytest.raises(InvalidInput, match=r"^x: must contain only finite"):
         load_numbers(FileRef(path="nan.npy"), data_dir, field="x")
     (data_dir / "bad.csv").write_text("a\n1\nxyz\n")
     with pytest.raises(BadRequest, match=r"^x\.path: could not read"):

@@ -38,7 +38,7 @@ from services.tier1.experiment_orchestrator import (
     assign_variants,
     experiment_orchestrator,
 )
-from tests.conftest import make_settings
+from tests.conftest import AUTH, make_settings
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -529,7 +529,9 @@ def test_state_survives_a_restart(settings):
     url = "/run/experiment_orchestrator"
 
     def app() -> TestClient:
-        return TestClient(create_app("tier1", settings=settings, components=[experiment_orchestrator], announce=False))
+        return TestClient(
+            create_app("tier1", settings=settings, components=[experiment_orchestrator], announce=False), headers=AUTH
+        )
 
     with app() as client:
         body = {

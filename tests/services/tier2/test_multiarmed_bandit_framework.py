@@ -25,7 +25,7 @@ from services.tier2.multiarmed_bandit_framework import (
     MultiarmedBanditFrameworkOutput,
     multiarmed_bandit_framework,
 )
-from tests.conftest import make_settings
+from tests.conftest import AUTH, make_settings
 
 ROUTE = "/run/multiarmed_bandit_framework"
 
@@ -319,7 +319,7 @@ def test_concurrent_updates_and_selects_are_all_counted(tmp_path: Path) -> None:
 def test_state_survives_restart_and_rng_stream_continues(settings: Settings) -> None:
     def service() -> TestClient:
         comp = multiarmed_bandit_framework
-        return TestClient(create_app(comp.tier, settings=settings, components=[comp], announce=False))
+        return TestClient(create_app(comp.tier, settings=settings, components=[comp], announce=False), headers=AUTH)
 
     def post(client: TestClient, **body: Any) -> dict[str, Any]:
         response = client.post(ROUTE, json=body)

@@ -29,7 +29,7 @@ from services.tier4.canary_testing_service import (
     mann_whitney_greater,
     two_proportion_test,
 )
-from tests.conftest import make_settings
+from tests.conftest import AUTH, make_settings
 
 ROUTE = "/run/canary_testing_service"
 LOOSE = {"min_requests": 1, "min_latency_samples": 2}
@@ -273,7 +273,7 @@ def test_invalid_inputs_name_the_field(ctx: RunContext) -> None:
 def test_http_errors_and_restart(settings: Settings) -> None:
     def service() -> TestClient:
         comp = canary_testing_service
-        return TestClient(create_app(comp.tier, settings=settings, components=[comp], announce=False))
+        return TestClient(create_app(comp.tier, settings=settings, components=[comp], announce=False), headers=AUTH)
 
     rng = np.random.default_rng(8)
     with service() as client:
