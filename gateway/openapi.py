@@ -13,23 +13,10 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
 from gateway.registry import Registry
+from mlmesh.errors import document_problems
 
 __all__ = ["install_openapi"]
 
-PROBLEM_REF = {"$ref": "#/components/schemas/Problem"}
-PROBLEM_SCHEMA = {
-    "title": "Problem",
-    "type": "object",
-    "required": ["type", "title", "status", "detail"],
-    "properties": {
-        "type": {"type": "string"},
-        "title": {"type": "string"},
-        "status": {"type": "integer"},
-        "detail": {"type": "string"},
-        "component": {"type": ["string", "null"]},
-        "request_id": {"type": ["string", "null"]},
-    },
-}
 ERRORS = {
     "404": "unknown component",
     "413": "body over the limit",
@@ -64,7 +51,6 @@ def _hoist(schema: dict[str, Any], prefix: str, schemas: dict[str, Any]) -> dict
 def build_openapi(app: FastAPI, registry: Registry) -> dict[str, Any]:
     doc = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
     schemas = doc.setdefault("components", {}).setdefault("schemas", {})
-    schemas["Problem"] = PROBLEM_SCHEMA
     for name, entry in registry.components().items():
         manifest = entry.manifest
         prefix = f"{name}__"
@@ -96,14 +82,11 @@ def build_openapi(app: FastAPI, registry: Registry) -> dict[str, Any]:
                         "description": "the success envelope",
                         "content": {"application/json": {"schema": envelope}},
                     },
-                    **{
-                        code: {"description": text, "content": {"application/problem+json": {"schema": PROBLEM_REF}}}
-                        for code, text in ERRORS.items()
-                    },
+                    **{code: {"description": text} for code, text in ERRORS.items()},
                 },
             }
         }
-    return doc
+    return document_problems(doc)
 
 
 def install_openapi(app: FastAPI, registry: Registry) -> None:

@@ -120,6 +120,47 @@ _TITLES = {
 }
 
 
+PROBLEM_MEDIA_TYPE = "application/problem+json"
+PROBLEM_SCHEMA: dict[str, Any] = {
+    "title": "Problem",
+    "type": "object",
+    "required": ["type", "title", "status", "detail", "component", "request_id"],
+    "properties": {
+        "type": {"type": "string"},
+        "title": {"type": "string"},
+        "status": {"type": "integer"},
+        "detail": {"type": "string"},
+        "component": {"anyOf": [{"type": "string"}, {"type": "null"}]},
+        "request_id": {"anyOf": [{"type": "string"}, {"type": "null"}]},
+    },
+}
+PROBLEM_CONTENT = {PROBLEM_MEDIA_TYPE: {"schema": {"$ref": "#/components/schemas/Problem"}}}
+
+
+def document_problems(doc: dict[str, Any]) -> dict[str, Any]:
+    """Make an OpenAPI document say what the mesh really answers on errors.
+
+    Every 4xx/5xx response becomes problem+json with the Problem schema (FastAPI's
+    own 422 model is replaced), and every operation that takes a body also lists 413.
+    """
+    schemas = doc.setdefault("components", {}).setdefault("schemas", {})
+    schemas["Problem"] = PROBLEM_SCHEMA
+    for name in ("HTTPValidationError", "ValidationError"):
+        schemas.pop(name, None)
+    for path_item in doc.get("paths", {}).values():
+        for operation in path_item.values():
+            responses = operation.setdefault("responses", {})
+            if "requestBody" in operation:
+                responses.setdefault("413", {"description": "body over the limit"})
+                responses.setdefault("422", {"description": "invalid input (the detail names the field)"})
+            for status, response in responses.items():
+                if status[0] in "45":
+                    response["content"] = PROBLEM_CONTENT
+                    if response.get("description") == "Validation Error":
+                        response["description"] = "invalid input (the detail names the field)"
+    return doc
+
+
 def _slug(title: str) -> str:
     return title.lower().replace(" ", "-")
 
@@ -131,6 +172,7 @@ def problem_response(
     title: str | None = None,
     component: str | None = None,
     retry_after: float | None = None,
+    headers: dict[str, str] | None = None,
 ) -> JSONResponse:
     """The one problem+json response of the mesh."""
     title = title or _TITLES.get(status, "Error")
@@ -142,10 +184,10 @@ def problem_response(
         "component": component,
         "request_id": current_request_id(),
     }
-    headers = {}
+    headers = dict(headers or {})
     if retry_after is not None:
         headers["Retry-After"] = str(max(1, round(retry_after)))
-    return JSONResponse(body, status_code=status, headers=headers, media_type="application/problem+json")
+    return JSONResponse(body, status_code=status, headers=headers, media_type=PROBLEM_MEDIA_TYPE)
 
 
 def _loc(loc: tuple[Any, ...] | list[Any]) -> str:
@@ -180,7 +222,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(MeshError)
     async def _mesh_error(request: Request, exc: MeshError) -> JSONResponse:
-        if exc.status >= 500 and not isinstance(exc, (ServiceUnavailable, GatewayTimeout)):
+        if exc.status == 500:
             log.error("internal error: %s", exc.detail)
         return problem_response(
             exc.status, exc.detail, title=exc.title, component=_component_of(request), retry_after=exc.retry_after
@@ -193,7 +235,7 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         detail = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
-        return problem_response(exc.status_code, detail, component=_component_of(request))
+        return problem_response(exc.status_code, detail, component=_component_of(request), headers=exc.headers)
 
     @app.exception_handler(Exception)
     async def _bug(request: Request, exc: Exception) -> JSONResponse:

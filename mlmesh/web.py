@@ -15,7 +15,7 @@ from typing import Any
 import anyio.to_thread
 from fastapi import FastAPI
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
-from starlette.responses import Response
+from starlette.responses import PlainTextResponse, Response
 
 from mlmesh.errors import problem_response
 from mlmesh.logs import new_request_id, set_request_id, valid_request_id
@@ -140,7 +140,13 @@ class _BodyTooLarge(Exception):
 def add_metrics_route(app: FastAPI, metrics: RequestMetrics) -> None:
     """``GET /metrics`` in the Prometheus text format."""
 
-    @app.get("/metrics", include_in_schema=True, tags=["mesh"], summary="Prometheus metrics of this process")
+    @app.get(
+        "/metrics",
+        tags=["mesh"],
+        summary="Prometheus metrics of this process",
+        response_class=PlainTextResponse,
+        responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}},
+    )
     def prometheus_metrics() -> Response:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 

@@ -14,7 +14,7 @@ Public surface::
 from services.framework.arrays import FileRef, Numbers, load_numbers
 from services.framework.context import RunContext
 from services.framework.declare import Component, DeclarationError, component, registered, snake_case
-from services.framework.models import ComponentInput, ComponentOutput, Envelope, FiniteFloat, Problem, Seed
+from services.framework.models import ComponentInput, ComponentOutput, Envelope, FiniteFloat, Seed
 from services.framework.paths import confine
 from services.framework.state import StateDB
 
@@ -27,7 +27,6 @@ __all__ = [
     "FileRef",
     "FiniteFloat",
     "Numbers",
-    "Problem",
     "RunContext",
     "Seed",
     "StateDB",

@@ -19,25 +19,24 @@ import anyio.to_thread
 import httpx
 import psutil
 from fastapi import Depends, FastAPI
-from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.responses import Response
 
 import mlmesh
-from mlmesh.errors import MeshError, install_error_handlers
+from mlmesh.errors import MeshError, ServiceUnavailable, document_problems, install_error_handlers
 from mlmesh.logs import configure_logging, current_request_id
 from mlmesh.security import TOKEN_HEADER, mesh_token, require_token
 from mlmesh.settings import TIERS, Settings
 from mlmesh.web import MeshMiddleware, RequestMetrics, add_metrics_route, snapshot_loop
 from services.framework.context import RunContext
 from services.framework.declare import Component, DeclarationError, registered
-from services.framework.models import Envelope, Problem
+from services.framework.models import Envelope
 
 __all__ = ["create_app", "load_tier"]
 
 log = logging.getLogger("mlmesh.service")
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
-    status: {"model": Problem, "description": text}
+    status: {"description": text}
     for status, text in {
         400: "malformed input or a path outside data/",
         401: "missing or wrong mesh token (call through the gateway)",
@@ -168,10 +167,16 @@ def create_app(
             "components": len(hosted),
         }
 
-    @app.get("/ready", tags=["mesh"], summary="Readiness: 503 while starting or draining")
-    async def ready() -> JSONResponse:
-        is_ready = bool(app.state.ready)
-        return JSONResponse({"ready": is_ready, "tier": tier}, status_code=200 if is_ready else 503)
+    @app.get(
+        "/ready",
+        tags=["mesh"],
+        summary="Readiness: 503 while starting or draining",
+        responses={503: {"description": "starting or draining"}},
+    )
+    async def ready() -> dict[str, Any]:
+        if not app.state.ready:
+            raise ServiceUnavailable(f"{tier} is starting or draining", retry_after=1)
+        return {"ready": True, "tier": tier}
 
     manifest_cache: list[dict[str, Any]] = []
 
@@ -218,7 +223,19 @@ def create_app(
     for comp in hosted:
         _add_run_route(app, comp, execute, token_required)
     app.state.components = by_name
+    _document_problems(app)
     return app
+
+
+def _document_problems(app: FastAPI) -> None:
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = document_problems(build())
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def _add_run_route(app: FastAPI, comp: Component, execute: Any, token_required: Any) -> None:
@@ -239,7 +256,11 @@ def _add_run_route(app: FastAPI, comp: Component, execute: Any, token_required: 
         description=comp.description,
         response_model=None,
         dependencies=[Depends(token_required)],
-        responses={200: {"model": Envelope, "description": "the success envelope"}, **ERROR_RESPONSES},
+        responses={
+            200: {"model": Envelope, "description": "the success envelope"},
+            **ERROR_RESPONSES,
+            **{status: {"description": text} for status, text in comp.errors},
+        },
         openapi_extra={"requestBody": {"content": {"application/json": {"example": comp.example}}}},
     )
 

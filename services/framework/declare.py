@@ -68,6 +68,8 @@ class Component:
     # False for stateful or timing components whose result legitimately differs between runs.
     deterministic: bool = True
     examples: tuple[dict[str, Any], ...] = field(default=())
+    # Statuses this component answers beyond the common ones, with what they mean (for the docs).
+    errors: tuple[tuple[int, str], ...] = field(default=())
 
     def __call__(self, *args: Any) -> Any:
         """Call the plain function (no HTTP), e.g. ``structural_analyzer(StructuralInput(...))``."""
@@ -131,6 +133,7 @@ def component(
     version: str = "1.0.0",
     deterministic: bool = True,
     examples: list[dict[str, Any]] | None = None,
+    errors: dict[int, str] | None = None,
 ) -> Callable[[Callable[..., Any]], Component]:
     """Declare the decorated function as a mesh component (see the module docstring)."""
 
@@ -145,6 +148,8 @@ def component(
             raise DeclarationError(f"{where}: tier must be one of {TIERS}; got {tier!r}")
         if not _VERSION.match(version):
             raise DeclarationError(f"{where}: version must look like 1.2.3; got {version!r}")
+        if any(not 400 <= status <= 599 for status in errors or {}):
+            raise DeclarationError(f"{where}: errors must map HTTP error statuses (4xx/5xx) to descriptions")
         if not capabilities or not all(_CAPABILITY.match(c) for c in capabilities):
             raise DeclarationError(f"{where}: capabilities must be non-empty snake_case words; got {capabilities!r}")
         description = inspect.cleandoc(fn.__doc__ or "")
@@ -175,6 +180,7 @@ def component(
             is_async=inspect.iscoroutinefunction(fn),
             deterministic=deterministic,
             examples=tuple(examples or ()),
+            errors=tuple(sorted((errors or {}).items())),
         )
         _REGISTRY[name] = declared
         return declared

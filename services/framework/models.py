@@ -12,7 +12,6 @@ __all__ = [
     "Envelope",
     "FiniteFloat",
     "LocalMetadata",
-    "Problem",
     "Seed",
 ]
 
@@ -24,7 +23,7 @@ FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
 class ComponentInput(BaseModel):
     """Base of every component input: unknown fields and NaN/infinity are rejected."""
 
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, frozen=True)
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, frozen=True, strict=True)
 
 
 class ComponentOutput(BaseModel):
@@ -49,14 +48,3 @@ class Envelope(BaseModel):
     component: str
     component_result: dict[str, Any]
     local_metadata: LocalMetadata
-
-
-class Problem(BaseModel):
-    """problem+json (RFC 9457), the one error shape of the mesh."""
-
-    type: str
-    title: str
-    status: int
-    detail: str
-    component: str | None
-    request_id: str | None
