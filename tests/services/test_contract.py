@@ -123,3 +123,70 @@ def test_callable_without_http(tmp_path: Path, comp: Component) -> None:
 
         result = asyncio.run(result)
     assert isinstance(result, comp.output_model)
+
+
+def _first_leaf(
+    node: object, kind: type | tuple[type, ...], path: tuple[object, ...] = ()
+) -> tuple[object, ...] | None:
+    """Path to the first value of ``kind`` in a JSON document (booleans are not numbers)."""
+    if isinstance(node, kind) and not isinstance(node, bool):
+        return path
+    items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else []
+    for key, child in items:
+        found = _first_leaf(child, kind, (*path, key))
+        if found is not None:
+            return found
+    return None
+
+
+def _replace(node: object, path: tuple[object, ...], value: object) -> object:
+    if not path:
+        return value
+    copy = json.loads(json.dumps(node))
+    target = copy
+    for key in path[:-1]:
+        target = target[key]  # type: ignore[index]
+    target[path[-1]] = value  # type: ignore[index]
+    return copy
+
+
+@pytest.mark.parametrize("comp", COMPONENTS, ids=IDS)
+def test_malformed_input_battery(clients: dict[str, TestClient], comp: Component) -> None:
+    """Every malformed body is a 4xx naming the problem, never a 5xx, and the service stays healthy."""
+    client = clients[comp.tier]
+    url = f"/run/{comp.name}"
+    json_headers = {"content-type": "application/json"}
+    bodies: list[bytes] = [
+        b"[" * 50_000 + b"]" * 50_000,  # deep nesting
+        json.dumps({"nested": [[[[[[[[[[[[1]]]]]]]]]]]]}).encode(),
+        b'{"a": "\x00"}',
+    ]
+    number = _first_leaf(comp.example, (int, float))
+    if number is not None:
+        for literal in ("NaN", "Infinity", "-Infinity", "1e999"):
+            bodies.append(json.dumps(_replace(comp.example, number, "@@")).replace('"@@"', literal).encode())
+        bodies.append(json.dumps(_replace(comp.example, number, {"wrong": "type"})).encode())
+    text = _first_leaf(comp.example, str)
+    if text is not None and text[-1] != "operation":
+        bodies.append(json.dumps(_replace(comp.example, text, ["wrong", "type"])).encode())
+    for body in bodies:
+        response = client.post(url, content=body, headers=json_headers)
+        assert 400 <= response.status_code < 500, (body[:80], response.text)
+        assert response.json()["detail"], body[:80]
+    # NUL bytes inside strings are data, not an attack: answered without a 5xx.
+    if text is not None and text[-1] != "operation":
+        response = client.post(url, content=json.dumps(_replace(comp.example, text, "a\u0000b")), headers=json_headers)
+        assert response.status_code < 500, response.text
+    assert client.get("/health").status_code == 200
+
+
+@pytest.mark.parametrize("tier", TIERS)
+def test_bodies_over_the_limit_are_413(tmp_path: Path, tier: str) -> None:
+    app = create_app(tier, settings=make_settings(tmp_path, max_body_bytes=4096), announce=False)
+    with TestClient(app, headers=AUTH) as client:
+        huge = json.dumps({"values": list(range(5000))})
+        for comp in load_tier(tier):
+            response = client.post(f"/run/{comp.name}", content=huge, headers={"content-type": "application/json"})
+            assert response.status_code == 413, comp.name
+            assert "4096 bytes" in response.json()["detail"]
+        assert client.get("/health").status_code == 200
