@@ -106,7 +106,9 @@ def create_app(settings: Settings | None = None, *, poll: bool = True) -> FastAP
     async def components() -> dict[str, Any]:
         return {"components": [c.describe() for c in registry.components().values()]}
 
-    @app.get("/components/{name}", tags=["registry"], summary="One component")
+    @app.get(
+        "/components/{name}", tags=["registry"], summary="One component", responses={404: {"description": "unknown"}}
+    )
     async def component(name: ComponentName) -> dict[str, Any]:
         entry = registry.components().get(name)
         if entry is None:
@@ -118,9 +120,18 @@ def create_app(settings: Settings | None = None, *, poll: bool = True) -> FastAP
         return await health()
 
     members_only = [Depends(require_token(token, why="only mesh services may register or deregister"))]
+    member_errors: dict[int | str, dict[str, Any]] = {
+        400: {"description": "a host that may not register"},
+        401: {"description": "missing or wrong mesh token"},
+        404: {"description": "unknown service"},
+    }
 
     @app.post(
-        "/services", tags=["registry"], summary="Register a service or send its heartbeat", dependencies=members_only
+        "/services",
+        tags=["registry"],
+        summary="Register a service or send its heartbeat",
+        dependencies=members_only,
+        responses={k: v for k, v in member_errors.items() if k != 404},
     )
     async def announce(body: Announcement) -> dict[str, Any]:
         entry = await discovery.announce(body.tier, body.base_url, body.instance_id)
@@ -131,6 +142,7 @@ def create_app(settings: Settings | None = None, *, poll: bool = True) -> FastAP
         tags=["registry"],
         summary="Remove a service from the registry",
         dependencies=members_only,
+        responses={k: v for k, v in member_errors.items() if k != 400},
     )
     async def deregister(service_id: str) -> dict[str, Any]:
         if registry.remove(service_id) is None:

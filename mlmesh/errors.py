@@ -141,7 +141,8 @@ def document_problems(doc: dict[str, Any]) -> dict[str, Any]:
     """Make an OpenAPI document say what the mesh really answers on errors.
 
     Every 4xx/5xx response becomes problem+json with the Problem schema (FastAPI's
-    own 422 model is replaced), and every operation that takes a body also lists 413.
+    own 422 model is replaced), and every operation that takes a body also lists
+    400 (unparseable), 413 and 422.
     """
     schemas = doc.setdefault("components", {}).setdefault("schemas", {})
     schemas["Problem"] = PROBLEM_SCHEMA
@@ -151,6 +152,7 @@ def document_problems(doc: dict[str, Any]) -> dict[str, Any]:
         for operation in path_item.values():
             responses = operation.setdefault("responses", {})
             if "requestBody" in operation:
+                responses.setdefault("400", {"description": "a body that cannot be parsed"})
                 responses.setdefault("413", {"description": "body over the limit"})
                 responses.setdefault("422", {"description": "invalid input (the detail names the field)"})
             for status, response in responses.items():
