@@ -1,1 +1,4 @@
-"""Tier 1 · core learning loop: every module in this package declares components; the app factory imports them all."""
+"""Tier 1 · core learning loop.
+
+Every module in this package declares components; the app factory imports them all.
+"""

@@ -1,1 +1,4 @@
-"""Tier 2 · optimization: every module in this package declares components; the app factory imports them all."""
+"""Tier 2 · optimization.
+
+Every module in this package declares components; the app factory imports them all.
+"""

@@ -1,1 +1,4 @@
-"""Tier 3 · evaluation: every module in this package declares components; the app factory imports them all."""
+"""Tier 3 · evaluation.
+
+Every module in this package declares components; the app factory imports them all.
+"""

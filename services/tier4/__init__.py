@@ -1,1 +1,4 @@
-"""Tier 4 · performance, infrastructure, security: every module in this package declares components; the app factory imports them all."""
+"""Tier 4 · performance, infrastructure, security.
+
+Every module in this package declares components; the app factory imports them all.
+"""
