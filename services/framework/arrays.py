@@ -45,7 +45,11 @@ def load_numbers(value: Numbers, data_dir: Path, *, field: str) -> np.ndarray:
 
 
 def _read_file(path: Path, column: str | int | None, field: str) -> np.ndarray:
-    if not path.is_file():
+    try:
+        is_file = path.is_file()
+    except OSError as exc:  # e.g. a name longer than the file system allows
+        raise BadRequest(f"{field}.path: not a usable path ({exc.strerror or type(exc).__name__})") from exc
+    if not is_file:
         raise BadRequest(f"{field}.path: no such file in the data directory")
     suffix = path.suffix.lower()
     try:

@@ -23,7 +23,10 @@ def confine(base: Path, user_path: str, *, field: str = "path") -> Path:
     if ".." in pure.parts:
         raise BadRequest(f"{field}: must not contain '..'")
     root = base.resolve()
-    resolved = (root / Path(*pure.parts)).resolve()
+    try:
+        resolved = (root / Path(*pure.parts)).resolve()
+    except OSError as exc:  # e.g. a name longer than the file system allows
+        raise BadRequest(f"{field}: not a usable path ({exc.strerror or type(exc).__name__})") from exc
     if resolved != root and root not in resolved.parents:
         raise BadRequest(f"{field}: resolves outside the data directory (through a symlink)")
     return resolved

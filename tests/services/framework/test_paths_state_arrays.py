@@ -34,6 +34,11 @@ def test_confine_rejects_escapes(data_dir: Path, bad: str) -> None:
         confine(data_dir, bad, field="input_path")
 
 
+def test_overlong_names_are_400(data_dir: Path) -> None:
+    with pytest.raises(BadRequest, match=r"^x\.path: "):
+        load_numbers(FileRef(path="a" * 300 + ".npy"), data_dir, field="x")
+
+
 def test_confine_rejects_symlinks_out(data_dir: Path, tmp_path: Path) -> None:
     outside = tmp_path / "outside.txt"
     outside.write_text("secret")
