@@ -194,6 +194,16 @@ def test_stateful_component_survives_a_killed_tier(mesh: Mesh) -> None:
         update = {"operation": "update", "experiment_id": experiment, "arm": arm, "rewards": values}
         assert httpx.post(run, json=update, timeout=30).status_code == 200
 
+    models = f"{mesh.gateway}/run/ml_model_service"
+    features = [[float(i), float(i % 7), float((i * 3) % 5)] for i in range(60)]
+    target = [2.0 * a - 0.5 * b + 0.25 * c for a, b, c in features]
+    trained = httpx.post(
+        models, json={"operation": "train", "name": "effect", "features": features, "target": target}, timeout=60
+    )
+    assert trained.status_code == 200, trained.text
+    predict = {"operation": "predict", "name": "effect", "features": features[:5]}
+    before = httpx.post(models, json=predict, timeout=30).json()["component_result"]["prediction"]["predictions"]
+
     (victim,) = mesh.tier_processes("tier2")
     victim.send_signal(signal.SIGKILL)
     victim.wait(timeout=10)
@@ -207,3 +217,5 @@ def test_stateful_component_survives_a_killed_tier(mesh: Mesh) -> None:
     arms = response.json()["component_result"]["summary"]["arms"]
     assert {a["arm"]: a["pulls"] for a in arms} == {arm: len(values) for arm, values in rewards.items()}
     assert {a["arm"]: a["reward_sum"] for a in arms} == {arm: sum(values) for arm, values in rewards.items()}
+    # The model registry too: the same artefact answers the same predictions.
+    assert httpx.post(models, json=predict, timeout=30).json()["component_result"]["prediction"]["predictions"] == before
