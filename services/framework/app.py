@@ -120,6 +120,7 @@ def create_app(
     instance_id = uuid.uuid4().hex
     advertise_url = settings.advertise_url or settings.tier_url(tier)
     databases: dict[str, Any] = {}
+    resources: dict[str, Any] = {}
     peak_memory = _PeakMemory()
     token = mesh_token(settings)
     token_required = require_token(token, why="components run through the gateway")
@@ -141,8 +142,8 @@ def create_app(
             app.state.ready = False
             for task in tasks:
                 task.cancel()
-            for db in databases.values():
-                db.close()
+            for resource in [*databases.values(), *resources.values()]:
+                resource.close()
 
     app = FastAPI(
         title=f"mlmesh {tier}",
@@ -187,7 +188,13 @@ def create_app(
         return {"tier": tier, "instance_id": instance_id, "version": mlmesh.__version__, "components": manifest_cache}
 
     async def execute(comp: Component, payload: BaseModel) -> Response:
-        ctx = RunContext(component=comp.name, settings=settings, request_id=current_request_id(), databases=databases)
+        ctx = RunContext(
+            component=comp.name,
+            settings=settings,
+            request_id=current_request_id(),
+            databases=databases,
+            resources=resources,
+        )
         args = (payload, ctx) if comp.takes_context else (payload,)
         start = time.perf_counter()
         baseline = peak_memory.start()

@@ -6,6 +6,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from mlmesh.settings import Settings
 from services.framework.paths import confine
@@ -22,6 +23,8 @@ class RunContext:
     settings: Settings
     request_id: str | None
     databases: dict[str, StateDB] = field(default_factory=dict)
+    # Long-lived clients shared by the service's runs (pools, caches); closed when the service stops.
+    resources: dict[str, Any] = field(default_factory=dict)
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     output_files: list[str] = field(default_factory=list)
 

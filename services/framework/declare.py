@@ -35,6 +35,7 @@ __all__ = ["Component", "DeclarationError", "component", "registered", "snake_ca
 TIERS = ("tier1", "tier2", "tier3", "tier4")
 _VERSION = re.compile(r"^\d+\.\d+\.\d+$")
 _CAPABILITY = re.compile(r"^[a-z][a-z0-9_]*$")
+_NAME = re.compile(r"^[a-z][a-z0-9_]{0,99}$")
 _REGISTRY: dict[str, Component] = {}
 
 
@@ -134,15 +135,22 @@ def component(
     deterministic: bool = True,
     examples: list[dict[str, Any]] | None = None,
     errors: dict[int, str] | None = None,
+    name: str | None = None,
 ) -> Callable[[Callable[..., Any]], Component]:
-    """Declare the decorated function as a mesh component (see the module docstring)."""
+    """Declare the decorated function as a mesh component (see the module docstring).
+
+    ``name`` is only for the catalogue's few names that are not the snake_case of
+    their class (``AutoMLOrchestrator`` is ``automl_orchestrator``).
+    """
 
     def decorate(fn: Callable[..., Any]) -> Component:
-        name = snake_case(class_name)
         where = f"component {class_name!r}"
-        if fn.__name__ != name:
+        if name is not None and not _NAME.match(name):
+            raise DeclarationError(f"{where}: name must be snake_case; got {name!r}")
+        declared_name = name or snake_case(class_name)
+        if fn.__name__ != declared_name:
             raise DeclarationError(
-                f"{where}: function must be named {name!r} (snake_case of the class); got {fn.__name__!r}"
+                f"{where}: function must be named {declared_name!r} (the component's name); got {fn.__name__!r}"
             )
         if tier not in TIERS:
             raise DeclarationError(f"{where}: tier must be one of {TIERS}; got {tier!r}")
@@ -163,10 +171,10 @@ def component(
                 input_model.model_validate(sample)
             except ValidationError as exc:
                 raise DeclarationError(f"{where}: example does not validate: {exc}") from exc
-        if name in _REGISTRY:
-            raise DeclarationError(f"{where}: a component named {name!r} is already declared")
+        if declared_name in _REGISTRY:
+            raise DeclarationError(f"{where}: a component named {declared_name!r} is already declared")
         declared = Component(
-            name=name,
+            name=declared_name,
             class_name=class_name,
             tier=tier,
             capabilities=tuple(capabilities),
@@ -182,7 +190,7 @@ def component(
             examples=tuple(examples or ()),
             errors=tuple(sorted((errors or {}).items())),
         )
-        _REGISTRY[name] = declared
+        _REGISTRY[declared_name] = declared
         return declared
 
     return decorate

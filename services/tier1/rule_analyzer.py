@@ -1,8 +1,7 @@
 """Bayesian effectiveness of prompt rules, per rule and per rule × context.
 
-The catalogue (COMPONENTS.md) lists this component as ``rule_analyzer`` with the seed class name
-``RuleEffectivenessAnalyzer``; its declared class name is ``RuleAnalyzer`` so that the component name,
-the snake_case of the class name, is the catalogue's ``rule_analyzer``.
+The catalogue (COMPONENTS.md) lists this component as ``rule_analyzer`` with the class name
+``RuleEffectivenessAnalyzer``, whose snake_case would be longer: the declaration names it explicitly.
 
 Models, per rule (and per rule × context):
 
@@ -445,7 +444,8 @@ def _opt(x: float | np.floating, ok: bool) -> float | None:
 
 
 @component(
-    "RuleAnalyzer",
+    "RuleEffectivenessAnalyzer",
+    name="rule_analyzer",
     tier="tier1",
     capabilities=["rule_effectiveness", "bayesian_inference", "empirical_bayes", "ranking"],
     example={
@@ -468,8 +468,7 @@ def _opt(x: float | np.floating, ok: bool) -> float | None:
 def rule_analyzer(request: RuleAnalyzerInput, ctx: RunContext) -> RuleAnalyzerOutput:
     """Bayesian effectiveness of prompt rules: posteriors, P(beats baseline), P(best), shrinkage, ranking.
 
-    Catalogue class name: RuleEffectivenessAnalyzer (declared as RuleAnalyzer so that its name is
-    ``rule_analyzer``). From rule application records (rule, optional context, success and/or improvement
+    From rule application records (rule, optional context, success and/or improvement
     score; inline or a CSV/JSON file under data/): Beta–Binomial posteriors on each rule's success rate with
     credible intervals; a Normal–Inverse-Gamma posterior on its mean improvement (Student-t marginal; the
     reference prior by default); an empirical-Bayes Beta prior fitted across rules by the method of moments,

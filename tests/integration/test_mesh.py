@@ -218,4 +218,6 @@ def test_stateful_component_survives_a_killed_tier(mesh: Mesh) -> None:
     assert {a["arm"]: a["pulls"] for a in arms} == {arm: len(values) for arm, values in rewards.items()}
     assert {a["arm"]: a["reward_sum"] for a in arms} == {arm: sum(values) for arm, values in rewards.items()}
     # The model registry too: the same artefact answers the same predictions.
-    assert httpx.post(models, json=predict, timeout=30).json()["component_result"]["prediction"]["predictions"] == before
+    assert (
+        httpx.post(models, json=predict, timeout=30).json()["component_result"]["prediction"]["predictions"] == before
+    )

@@ -49,6 +49,21 @@ def test_name_must_match_class() -> None:
             return Out(y=request.x)
 
 
+def test_catalogue_names_that_are_not_snake_case_are_explicit() -> None:
+    @_declare("AutoMLThing", name="automl_thing")
+    def automl_thing(request: In) -> Out:
+        """Doc."""
+        return Out(y=request.x)
+
+    assert automl_thing.name == "automl_thing" and automl_thing.class_name == "AutoMLThing"
+    with pytest.raises(DeclarationError, match="name must be snake_case"):
+
+        @_declare("BadName", name="Bad-Name")
+        def bad_name(request: In) -> Out:
+            """Doc."""
+            return Out(y=request.x)
+
+
 def test_unknown_tier() -> None:
     with pytest.raises(DeclarationError, match="tier must be one of"):
 
