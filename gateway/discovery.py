@@ -39,9 +39,10 @@ class Discovery:
         """A service says it is alive (registration and heartbeat are the same call)."""
         url = normalise_base_url(base_url, allowed_hosts=self.settings.gateway.allowed_hosts)
         entry = self.registry.add(tier, url, configured=(tier, url) in self._configured)
-        self.registry.mark_up(entry)
+        # Manifest first: a service is never shown up without the components it hosts.
         if instance_id is None or instance_id != entry.instance_id or not entry.manifest:
             await self._refresh_manifest(entry)
+        self.registry.mark_up(entry)
         return entry
 
     async def poll_once(self) -> None:
@@ -65,11 +66,11 @@ class Discovery:
         if health.get("tier") != entry.tier:
             self.registry.mark_down(entry, f"answers as {health.get('tier')!r}, registered as {entry.tier!r}")
             return
+        if health.get("instance_id") != entry.instance_id or not entry.manifest:
+            await self._refresh_manifest(entry)
         if entry.status != "up":
             log.info("%s is up", entry.id)
         self.registry.mark_up(entry, latency_ms=latency_ms)
-        if health.get("instance_id") != entry.instance_id or not entry.manifest:
-            await self._refresh_manifest(entry)
 
     async def run(self) -> None:
         """Poll forever, every ``health_interval_s``."""
