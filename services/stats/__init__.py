@@ -1,68 +1,8 @@
-"""Shared statistics for the experimentation components: pure functions on numbers and numpy arrays, no HTTP.
+"""Shared statistics: pure functions on numbers and numpy arrays, no HTTP.
 
-``services.stats.abtest`` holds the A/B-test toolkit: running moments (Welford/Chan), Wilson and Newcombe
-intervals, the two-proportion z-test, Welch from sufficient statistics, Beta and Normal posteriors, CUPED,
-mSPRT always-valid p-values, the sample-ratio-mismatch test, power, and a fast exact bootstrap of the mean.
+- ``services.stats.abtest``: the A/B-test toolkit: running moments (Welford/Chan), Wilson and Newcombe
+  intervals, the two-proportion z-test, Welch from sufficient statistics, Beta and Normal posteriors, CUPED,
+  mSPRT always-valid p-values, the sample-ratio-mismatch test, power, and a fast exact bootstrap of the mean.
+- ``services.stats.fidelity``: how close a synthetic data set is to the real one (KS distances, correlation
+  error, total variation, distance to the closest record).
 """
-
-from services.stats.abtest import (
-    CoMoments,
-    CupedResult,
-    DegenerateData,
-    Moments,
-    PosteriorComparison,
-    WelchResult,
-    ZTestResult,
-    beta_compare,
-    beta_expected_loss,
-    beta_prob_greater,
-    bootstrap_binary_means,
-    bootstrap_means,
-    cohens_d,
-    cuped,
-    group_moments,
-    merge_moments,
-    monte_carlo_beta,
-    monte_carlo_normal,
-    msprt_log_lr,
-    msprt_p_values,
-    newcombe_interval,
-    normal_expected_loss,
-    normal_prob_greater,
-    srm_test,
-    two_proportion_ztest,
-    welch_power,
-    welch_test,
-    wilson_interval,
-)
-
-__all__ = [
-    "CoMoments",
-    "CupedResult",
-    "DegenerateData",
-    "Moments",
-    "PosteriorComparison",
-    "WelchResult",
-    "ZTestResult",
-    "beta_compare",
-    "beta_expected_loss",
-    "beta_prob_greater",
-    "bootstrap_binary_means",
-    "bootstrap_means",
-    "cohens_d",
-    "cuped",
-    "group_moments",
-    "merge_moments",
-    "monte_carlo_beta",
-    "monte_carlo_normal",
-    "msprt_log_lr",
-    "msprt_p_values",
-    "newcombe_interval",
-    "normal_expected_loss",
-    "normal_prob_greater",
-    "srm_test",
-    "two_proportion_ztest",
-    "welch_power",
-    "welch_test",
-    "wilson_interval",
-]
