@@ -11,6 +11,7 @@ from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Path, Request
+from fastapi_offline import FastAPIOffline
 from prometheus_client import Counter
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import Response
@@ -75,7 +76,8 @@ def create_app(settings: Settings | None = None, *, poll: bool = True) -> FastAP
                 task.cancel()
             await router.close()
 
-    app = FastAPI(
+    # The docs page's scripts are served by the process itself: /docs works with no network.
+    app = FastAPIOffline(
         title="mlmesh gateway",
         version=mlmesh.__version__,
         description="Registry, router and docs of the mlmesh services. Every component runs at POST /run/<name>.",

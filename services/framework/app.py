@@ -19,6 +19,7 @@ import anyio.to_thread
 import httpx
 import psutil
 from fastapi import Depends, FastAPI
+from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel
 from starlette.responses import Response
 
@@ -145,7 +146,8 @@ def create_app(
             for resource in [*databases.values(), *resources.values()]:
                 resource.close()
 
-    app = FastAPI(
+    # The docs page's scripts are served by the process itself: /docs works with no network.
+    app = FastAPIOffline(
         title=f"mlmesh {tier}",
         version=mlmesh.__version__,
         description=f"mlmesh {tier} service: {len(hosted)} components, each at POST /run/<name>.",

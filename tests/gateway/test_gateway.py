@@ -74,7 +74,15 @@ def test_gateway_docs_show_each_component_model(gateway: TestClient) -> None:
     schema = doc["components"]["schemas"][ref.rsplit("/", 1)[1]]
     assert set(schema["properties"]) == {"a", "b"}
     assert operation["summary"] == "Add two numbers (a gateway test fixture)."
-    assert gateway.get("/docs").status_code == 200
+
+
+def test_docs_page_needs_no_network(gateway: TestClient) -> None:
+    page = gateway.get("/docs")
+    assert page.status_code == 200
+    assert "cdn" not in page.text.lower()
+    for asset in ("swagger-ui-bundle.js", "swagger-ui.css"):
+        assert f"/static-offline-docs/{asset}" in page.text
+        assert gateway.get(f"/static-offline-docs/{asset}").status_code == 200
 
 
 def test_dead_tier_gives_503_naming_it_then_recovers(tmp_path: Path, tier_ports: dict[str, int]) -> None:
