@@ -101,9 +101,10 @@ def test_permanent_record_errors_and_transient_chunk_retries(client: TestClient,
     gateway.post("/run/doubler").mock(side_effect=target)
     batch_id = create(client, 6, chunk_size=3, backoff_base_s=0.05, defaults={"unused": True, "x": -1})
     first = call(client, {"operation": "run", "batch_id": batch_id})["run"]
-    # chunk [0,3): record 1 fails for good (422), chunk completes; chunk [3,6): record 3 is retried later
-    assert first["chunks_completed"] == 1 and first["chunks_retrying"] == 1
-    assert (first["records_done"], first["records_failed"], first["records_retrying"]) == (4, 1, 1)
+    # chunk [0,3): record 1 fails for good (422), the chunk completes; chunk [3,6): record 3 gets a 503 and is
+    # retried after a full-jitter backoff, which can be short enough to fall within this same run.
+    assert first["chunks_completed"] >= 1 and first["chunks_completed"] + first["chunks_retrying"] >= 2
+    assert first["records_failed"] == 1 and first["records_done"] >= 4
     deadline = time.monotonic() + 10
     while call(client, {"operation": "status", "batch_id": batch_id})["batch"]["state"] != "completed":
         assert time.monotonic() < deadline
