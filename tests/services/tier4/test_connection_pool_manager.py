@@ -67,7 +67,7 @@ def test_exhausted_pool_waits_the_timeout_then_503(ctx2: RunContext) -> None:
         release.set()
         for t in threads:
             t.join()
-    assert 0.45 <= waited < 2.0  # the pool timeout (0.5 s), not forever
+    assert 0.45 <= waited < 5.0  # the pool timeout (0.5 s) and some scheduling slack, not forever
     assert "exhausted" in err.value.detail
     ok = run(ctx2, operation="probe")  # freed: served at once
     assert ok.wait_ms is not None and ok.wait_ms < 500
