@@ -57,6 +57,7 @@ from sklearn.tree import DecisionTreeClassifier, DecisionTreeRegressor
 
 from mlmesh.errors import BadRequest, Conflict, InvalidInput, MeshError, NotFound
 from services.framework import ComponentInput, Numbers, StateDB, confine, load_numbers
+from services.framework.arrays import MatrixRef, read_matrix
 
 __all__ = [
     "ALIAS_PATTERN",
@@ -523,15 +524,6 @@ Value = Annotated[float, Field(ge=-MAX_ABS_VALUE, le=MAX_ABS_VALUE, allow_inf_na
 Row = Annotated[list[Value], Field(min_length=1, max_length=MAX_FEATURES)]
 
 
-class MatrixRef(ComponentInput):
-    """A feature matrix in a file under the data directory."""
-
-    path: str = Field(min_length=1, max_length=1024, description="path relative to data/ (.npy 2-D, .csv, .json)")
-    columns: list[str | Annotated[int, Field(ge=0)]] | None = Field(
-        None, min_length=1, max_length=MAX_FEATURES, description="columns to use (CSV names or indices); default all"
-    )
-
-
 Matrix = Annotated[list[Row], Field(min_length=1, max_length=MAX_INLINE_ROWS)] | MatrixRef
 
 
@@ -548,8 +540,7 @@ def load_matrix(value: Any, data_dir: Path, *, field: str) -> tuple[np.ndarray, 
             )
         arr = np.asarray(value, dtype=np.float64)
     else:
-        path = confine(data_dir, value.path, field=f"{field}.path")
-        arr, names = _read_matrix(path, value.columns, field)
+        arr, names = read_matrix(value, data_dir, field=field, max_cells=MAX_CELLS)
     if arr.ndim == 1:
         arr = arr[:, None]
     if arr.ndim != 2 or arr.shape[0] == 0 or arr.shape[1] == 0:
@@ -578,72 +569,6 @@ def check_values(arr: np.ndarray, field: str) -> None:
         raise InvalidInput(field, "must contain only finite numbers (no NaN or infinity)")
     if arr.size and float(np.abs(arr).max()) > MAX_ABS_VALUE:
         raise InvalidInput(field, f"values must lie within ±{MAX_ABS_VALUE:g}; rescale the data")
-
-
-def _read_matrix(path: Path, columns: list[str | int] | None, field: str) -> tuple[np.ndarray, list[str] | None]:
-    suffix = path.suffix.lower()
-    try:
-        if not path.is_file():
-            raise BadRequest(f"{field}.path: no such file in the data directory")
-        if suffix == ".npy":
-            mapped = np.load(path, mmap_mode="r", allow_pickle=False)
-            if mapped.size > MAX_CELLS:
-                raise InvalidInput(field, f"at most {MAX_CELLS:,} cells; {path.name} has {mapped.size:,}")
-            arr = np.array(mapped, dtype=np.float64)
-            return _select(arr, None, columns, field), None
-        if suffix == ".json":
-            if path.stat().st_size > 16 * MAX_CELLS:
-                raise InvalidInput(field, f"{path.name} is too large for a JSON matrix; use .npy")
-            arr = np.asarray(json.loads(path.read_text(encoding="utf-8")), dtype=np.float64)
-            return _select(arr, None, columns, field), None
-        if suffix == ".csv":
-            return _read_csv(path, columns, field)
-    except OSError as exc:  # e.g. a name too long for the file system; strerror carries no absolute path
-        raise BadRequest(f"{field}.path: could not read the file: {exc.strerror}") from exc
-    except (ValueError, TypeError) as exc:
-        raise BadRequest(f"{field}.path: could not read {path.name}: {type(exc).__name__}: {exc}") from exc
-    raise BadRequest(f"{field}.path: unsupported file type {suffix!r}; use .npy, .csv or .json")
-
-
-def _select(arr: np.ndarray, header: list[str] | None, columns: list[str | int] | None, field: str) -> np.ndarray:
-    if columns is None:
-        return arr
-    if arr.ndim != 2:
-        raise InvalidInput(f"{field}.columns", "columns can only be chosen from a 2-D matrix")
-    indices = _column_indices(header, arr.shape[1], columns, field)
-    return arr[:, indices]
-
-
-def _column_indices(header: list[str] | None, width: int, columns: list[str | int], field: str) -> list[int]:
-    indices = []
-    for col in columns:
-        if isinstance(col, str):
-            if header is None or col not in header:
-                raise InvalidInput(f"{field}.columns", f"no column named {col!r}")
-            indices.append(header.index(col))
-        elif col >= width:
-            raise InvalidInput(f"{field}.columns", f"index {col} is past the {width} columns")
-        else:
-            indices.append(col)
-    return indices
-
-
-def _read_csv(path: Path, columns: list[str | int] | None, field: str) -> tuple[np.ndarray, list[str] | None]:
-    with path.open(encoding="utf-8") as fh:
-        first = [cell.strip() for cell in fh.readline().strip().split(",")]
-    header = first if any(_not_number(cell) for cell in first) else None
-    indices = _column_indices(header, len(first), columns, field) if columns is not None else list(range(len(first)))
-    arr = np.loadtxt(path, delimiter=",", skiprows=int(header is not None), usecols=indices, dtype=np.float64, ndmin=2)
-    names = [header[i] for i in indices] if header is not None else None
-    return arr, names
-
-
-def _not_number(cell: str) -> bool:
-    try:
-        float(cell)
-    except ValueError:
-        return True
-    return False
 
 
 # --------------------------------------------------------------------------- estimators

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import numpy as np
@@ -45,9 +44,9 @@ from sklearn.mixture import GaussianMixture
 from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
-from mlmesh.errors import BadRequest, InvalidInput
+from mlmesh.errors import InvalidInput
 from services.framework import ComponentInput, ComponentOutput, FileRef, FiniteFloat, RunContext, Seed, component
-from services.framework.arrays import load_numbers
+from services.framework.arrays import MatrixRef, load_numbers, read_matrix
 
 __all__ = [
     "ClusteringOptimizerInput",
@@ -69,15 +68,6 @@ MAX_ABS_VALUE = 1e100
 Row = Annotated[list[FiniteFloat], Field(min_length=1, max_length=MAX_FEATURES)]
 
 
-class MatrixRef(ComponentInput):
-    """A feature matrix (rows × features) in a file under the data directory."""
-
-    path: str = Field(min_length=1, max_length=1024, description="path relative to data/: a 2-D .npy or a .csv")
-    columns: list[str | Annotated[int, Field(ge=0)]] | None = Field(
-        None, min_length=1, max_length=MAX_FEATURES, description="columns to use (CSV names or indices); default all"
-    )
-
-
 Matrix = Annotated[list[Row], Field(min_length=1, max_length=MAX_ROWS)] | MatrixRef
 
 
@@ -89,7 +79,7 @@ def load_matrix(value: list[list[float]] | MatrixRef, ctx: RunContext, *, field:
         except ValueError as exc:  # numpy refuses ragged rows
             raise InvalidInput(field, "rows must all have the same number of features") from exc
     else:
-        arr = _read_matrix(ctx.data_path(value.path, field=f"{field}.path"), value.columns, field)
+        arr, _ = read_matrix(value, ctx.data_dir, field=field, max_cells=MAX_CELLS)
     if arr.ndim == 1:
         arr = arr[:, None]  # a 1-D file is one feature
     if arr.ndim != 2 or arr.size == 0:
@@ -104,56 +94,6 @@ def load_matrix(value: list[list[float]] | MatrixRef, ctx: RunContext, *, field:
     if np.abs(arr).max() > MAX_ABS_VALUE:
         raise InvalidInput(field, f"values must lie within ±{MAX_ABS_VALUE:g} (squared distances would overflow)")
     return arr
-
-
-def _read_matrix(path: Path, columns: list[str | int] | None, field: str) -> np.ndarray:
-    if not path.is_file():
-        raise BadRequest(f"{field}.path: no such file in the data directory")
-    suffix = path.suffix.lower()
-    if suffix not in (".npy", ".csv"):
-        raise BadRequest(f"{field}.path: unsupported file type {suffix!r}; use .npy or .csv")
-    try:
-        if suffix == ".npy":
-            mapped = np.load(path, mmap_mode="r", allow_pickle=False)
-            if mapped.size > MAX_CELLS:
-                raise InvalidInput(field, f"at most {MAX_CELLS:,} cells; {path.name} has {mapped.size:,}")
-            arr = np.array(mapped, dtype=np.float64)
-            if columns is None:
-                return arr
-            if arr.ndim != 2:
-                raise InvalidInput(f"{field}.columns", "columns can only be chosen from a 2-D matrix")
-            return arr[:, _column_indices(None, arr.shape[1], columns, field)]
-        with path.open(encoding="utf-8") as fh:
-            first = [cell.strip() for cell in fh.readline().strip().split(",")]
-        header = first if any(_not_number(cell) for cell in first) else None
-        indices = list(range(len(first))) if columns is None else _column_indices(header, len(first), columns, field)
-        return np.loadtxt(
-            path, delimiter=",", skiprows=int(header is not None), usecols=indices, dtype=np.float64, ndmin=2
-        )
-    except (ValueError, TypeError, OSError) as exc:
-        raise BadRequest(f"{field}.path: could not read {path.name}: {type(exc).__name__}: {exc}") from exc
-
-
-def _column_indices(header: list[str] | None, width: int, columns: list[str | int], field: str) -> list[int]:
-    indices = []
-    for col in columns:
-        if isinstance(col, str):
-            if header is None or col not in header:
-                raise InvalidInput(f"{field}.columns", f"no column named {col!r}")
-            indices.append(header.index(col))
-        elif col >= width:
-            raise InvalidInput(f"{field}.columns", f"index {col} is past the {width} columns")
-        else:
-            indices.append(col)
-    return indices
-
-
-def _not_number(cell: str) -> bool:
-    try:
-        float(cell)
-    except ValueError:
-        return True
-    return False
 
 
 def standardize_matrix(x: np.ndarray) -> tuple[np.ndarray, list[int]]:
