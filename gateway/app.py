@@ -17,8 +17,12 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import Response
 
 import mlmesh
+from gateway import pipeline_api
+from gateway.dashboard import install_dashboard
 from gateway.discovery import Discovery
+from gateway.jobs import Jobs, RunStore
 from gateway.openapi import install_openapi
+from gateway.pipelines import load_pipeline_files
 from gateway.registry import Registry
 from gateway.router import Router
 from mlmesh.errors import InvalidInput, NotFound, install_error_handlers
@@ -68,13 +72,29 @@ def create_app(settings: Settings | None = None, *, poll: bool = True) -> FastAP
         if poll:
             await discovery.poll_once()  # know who is there before the first request
             tasks.append(asyncio.create_task(discovery.run()))
-        log.info("gateway ready at %s with %d services", settings.gateway_url, len(registry.services))
+        store = RunStore(settings.data_dir / "gateway_runs.sqlite")
+        jobs = Jobs(store, registry, router, settings)
+        files, problems = load_pipeline_files(settings.gateway.pipelines_dir)
+        for file, problem in problems.items():
+            log.warning("pipeline file %s ignored: %s", file, problem)
+        app.state.jobs = jobs
+        app.state.catalogue = pipeline_api.Catalogue(files, problems, jobs)
+        resumed = jobs.resume_unfinished()
+        log.info(
+            "gateway ready at %s with %d services, %d pipelines, %d runs resumed",
+            settings.gateway_url,
+            len(registry.services),
+            len(files),
+            resumed,
+        )
         try:
             yield
         finally:
+            await jobs.close()
             for task in tasks:
                 task.cancel()
             await router.close()
+            store.close()
 
     # The docs page's scripts are served by the process itself: /docs works with no network.
     app = FastAPIOffline(
@@ -166,6 +186,8 @@ def create_app(settings: Settings | None = None, *, poll: bool = True) -> FastAP
         return Response(result.content, status_code=result.status_code, headers=headers)
 
     app.router.add_route("/run/{name}", run, methods=["POST"], include_in_schema=False)
+    app.include_router(pipeline_api.router)
+    install_dashboard(app)
     return app
 
 

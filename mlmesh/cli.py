@@ -4,6 +4,10 @@
     mlmesh components --tier tier3        declared components
     mlmesh run NAME --input FILE|-        run one; prints its result as JSON
     mlmesh ping                           /health of the gateway and of every service, directly
+    mlmesh pipeline list                  the pipelines the gateway knows
+    mlmesh pipeline run NAME [-p k=v]     start a run, follow its steps live, print the summary
+    mlmesh runs [RUN_ID]                  run history, or one run's steps
+    mlmesh logs --request ID              one request's log lines from every process
 
 Exit codes: 0 all well, 1 the mesh answered with a problem or something is down,
 2 bad usage (unreadable or invalid input, bad option).
@@ -78,9 +82,11 @@ def _consoles() -> tuple[Console, Console]:
     return Console(), Console(stderr=True, soft_wrap=True)
 
 
-def _coloured(value: str) -> str:
+def _coloured(value: str, text: str | None = None) -> str:
+    """``text`` (default: ``value``) in the colour of the status ``value``."""
     style = STATUS_STYLE.get(value)
-    return f"[{style}]{escape(value)}[/]" if style else escape(value)
+    shown = escape(value if text is None else text)
+    return f"[{style}]{shown}[/]" if style else shown
 
 
 def _ms(value: float | None) -> str:
@@ -347,3 +353,191 @@ def ping(ctx: typer.Context) -> None:
     options: _Options = ctx.obj
     code = ping_mesh(options.gateway, direct=True, timeout=min(options.timeout, 10.0))
     raise typer.Exit(code)
+
+
+@app.command()
+def logs(
+    *,
+    request: Annotated[str, typer.Option("--request", "-r", metavar="ID", help="The request id to look for.")],
+    logs_dir: Annotated[
+        Path | None, typer.Option("--logs-dir", metavar="DIR", help="Logs directory (default: from the settings).")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the JSON lines instead of a table.")] = False,
+) -> None:
+    """Show one request's log lines from every process (rotated files too) in time order; exit 1 if none."""
+    from mlmesh.logsearch import show_request  # only this command needs it
+
+    out, err = _consoles()
+    raise typer.Exit(show_request(request, logs_dir, as_json=as_json, out=out, err=err))
+
+
+pipeline_app = typer.Typer(help="Pipelines: list them, run one and follow it live.", no_args_is_help=True)
+app.add_typer(pipeline_app, name="pipeline")
+FINISHED = ("succeeded", "failed", "cancelled")
+STATUS_STYLE.update(
+    {"succeeded": "green", "running": "cyan", "queued": "yellow", "pending": "dim", "retrying": "yellow"}
+    | {"failed": "red", "cancelled": "red", "skipped": "dim"}
+)
+
+
+@pipeline_app.command("list")
+def pipeline_list(ctx: typer.Context) -> None:
+    """The pipelines the gateway knows, their steps, and whether they validate against the registry now."""
+    out, err = _consoles()
+    client = _client(ctx.obj, err)
+
+    async def fetch() -> list[dict[str, Any]]:
+        async with client:
+            return await client.pipelines()
+
+    table = Table("pipeline", "source", "steps", "valid", "problem", box=TABLE_BOX)
+    for p in _call(err, fetch):
+        steps = " → ".join(s["id"] for s in p["steps"])
+        table.add_row(
+            p["name"], p["source"], escape(steps), _coloured("ok" if p["valid"] else "down"), escape(p["problem"] or "")
+        )
+    out.print(table)
+
+
+def _parse_params(pairs: list[str], err: Console) -> dict[str, Any]:
+    params: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            _usage_error(err, f"--param takes KEY=VALUE; got {pair!r}")
+        try:
+            params[key] = json.loads(raw)  # numbers, booleans, lists, objects
+        except json.JSONDecodeError:
+            params[key] = raw  # anything else is a string
+    return params
+
+
+def _run_table(run: dict[str, Any]) -> Table:
+    table = Table("step", "component", "status", "attempts", "time", "detail", box=TABLE_BOX)
+    for s in run["steps"]:
+        detail = (s.get("error") or {}).get("detail") or ""
+        table.add_row(
+            s["id"],
+            s["component"],
+            _coloured(s["status"]),
+            str(s["attempts"]),
+            _ms(s["duration_ms"]),
+            escape(str(detail)[:120]),
+        )
+    return table
+
+
+@pipeline_app.command("run")
+def pipeline_run(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="The pipeline to run.", show_default=False)],
+    *,
+    param: Annotated[
+        list[str] | None, typer.Option("--param", "-p", metavar="KEY=VALUE", help="A run parameter (JSON or text).")
+    ] = None,
+    detach: Annotated[bool, typer.Option("--detach", help="Print the run id and return without following it.")] = False,
+    poll: Annotated[float, typer.Option("--poll", min=0.05, max=10.0, help="Seconds between progress checks.")] = 0.25,
+) -> None:
+    """Start a run, show a live progress bar per step, then the summary. Exit 1 unless it succeeds."""
+    from rich.progress import BarColumn, Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
+
+    out, err = _consoles()
+    params = _parse_params(param or [], err)
+    client = _client(ctx.obj, err)
+
+    async def follow() -> dict[str, Any]:
+        async with client:
+            run_id = await client.start_run(name, params)
+            if detach:
+                return {"id": run_id, "status": "queued", "steps": []}
+            err.print(f"run [bold]{run_id}[/] of {escape(name)}", highlight=False)
+            columns = (
+                SpinnerColumn(),
+                TextColumn("{task.description}"),
+                BarColumn(bar_width=24),
+                TextColumn("{task.fields[status]}"),
+                TimeElapsedColumn(),
+            )
+            with Progress(*columns, console=err, transient=False) as progress:
+                bars: dict[str, TaskID] = {}
+                while True:
+                    run = await client.get_run(run_id)
+                    for s in run["steps"]:
+                        if s["id"] not in bars:
+                            bars[s["id"]] = progress.add_task(
+                                f"{s['id']} ({s['component']})", total=1, status="", start=False
+                            )
+                        bar = bars[s["id"]]
+                        if s["status"] != "pending":
+                            progress.start_task(bar)
+                        done = s["status"] in ("succeeded", "failed", "skipped", "cancelled")
+                        label = s["status"] + (f" (attempt {s['attempts']})" if s["attempts"] > 1 else "")
+                        progress.update(
+                            bar,
+                            completed=1 if done else 0,
+                            status=_coloured(s["status"], label),
+                        )
+                        if done:
+                            progress.stop_task(bar)
+                    if run["status"] in FINISHED:
+                        return run
+                    await asyncio.sleep(poll)
+
+    try:
+        run = _call(err, follow)
+    except KeyboardInterrupt:
+        err.print("interrupted: the run goes on in the gateway (cancel it with POST /runs/<id>/cancel)")
+        raise typer.Exit(EXIT_PROBLEM) from None
+    if detach:
+        out.print(run["id"])
+        return
+    out.print(_run_table(run))
+    out.print(
+        f"run {run['id']}: {_coloured(run['status'])} in {_ms(run['duration_ms'])}"
+        + (f" — {escape(run['error'])}" if run["error"] else "")
+    )
+    out.print(f"report: outputs/runs/{run['id']}/report.md", style="dim", highlight=False)
+    raise typer.Exit(EXIT_OK if run["status"] == "succeeded" else EXIT_PROBLEM)
+
+
+@app.command()
+def runs(
+    ctx: typer.Context,
+    run_id: Annotated[str | None, typer.Argument(help="Show this run's steps instead of the history.")] = None,
+    *,
+    limit: Annotated[int, typer.Option("--limit", "-n", min=1, max=500, help="How many runs to list.")] = 20,
+    status: Annotated[str | None, typer.Option("--status", help="Only runs in this state.")] = None,
+    pipeline: Annotated[str | None, typer.Option("--pipeline", help="Only runs of this pipeline.")] = None,
+) -> None:
+    """Run history, newest first; or, given a run id, that run's steps."""
+    out, err = _consoles()
+    client = _client(ctx.obj, err)
+
+    async def fetch() -> dict[str, Any]:
+        async with client:
+            if run_id:
+                return await client.get_run(run_id)
+            return await client.runs(limit=limit, status=status, pipeline=pipeline)
+
+    data = _call(err, fetch)
+    if run_id:
+        out.print(_run_table(data))
+        out.print(
+            f"run {data['id']} of {data['pipeline']}: {_coloured(data['status'])}"
+            + (f" — {escape(data['error'])}" if data["error"] else "")
+        )
+        return
+    table = Table("run", "pipeline", "status", "steps", "created", "time", box=TABLE_BOX)
+    for r in data["runs"]:
+        done = sum(s["status"] == "succeeded" for s in r["steps"])
+        table.add_row(
+            r["id"],
+            r["pipeline"],
+            _coloured(r["status"]),
+            f"{done}/{len(r['steps'])}",
+            (r["created_at"] or "")[:19],
+            _ms(r["duration_ms"]),
+        )
+    out.print(table)
+    counts = ", ".join(f"{k} {v}" for k, v in data["counts"].items() if v)
+    out.print(f"{data['total']} run(s){': ' + counts if counts else ''}", style="dim", highlight=False)

@@ -31,7 +31,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Self, TypeVar
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -441,6 +441,39 @@ class MeshClient:
         Same arguments and errors as :meth:`run_envelope`.
         """
         return (await self.run_envelope(name, payload, request_id=request_id)).component_result
+
+    async def pipelines(self) -> list[dict[str, Any]]:
+        """Every pipeline the gateway knows, with its steps and whether it validates now (``GET /pipelines``)."""
+        data = await self._request("GET", "/pipelines")
+        return list(data["pipelines"])
+
+    async def start_run(self, pipeline: str, params: Mapping[str, Any] | None = None) -> str:
+        """Start a run of ``pipeline`` (``POST /pipelines/{name}/runs``); its id, at once.
+
+        Raises:
+            ComponentNotFound: If no pipeline has that name (404).
+            InvalidRequest: If the pipeline or a parameter does not validate (422 names the field).
+        """
+        path = f"/pipelines/{quote(pipeline, safe='')}/runs"
+        data = await self._request("POST", path, json={"params": dict(params or {})})
+        return str(data["id"])
+
+    async def get_run(self, run_id: str) -> dict[str, Any]:
+        """One run with each step's state, timings, result and error (``GET /runs/{id}``)."""
+        return dict(await self._request("GET", f"/runs/{quote(run_id, safe='')}"))
+
+    async def runs(self, *, limit: int = 20, status: str | None = None, pipeline: str | None = None) -> dict[str, Any]:
+        """Run history, newest first (``GET /runs``): ``{"runs": [...], "total": n, "counts": {...}}``."""
+        query = {
+            "limit": str(limit),
+            **({"status": status} if status else {}),
+            **({"pipeline": pipeline} if pipeline else {}),
+        }
+        return dict(await self._request("GET", f"/runs?{urlencode(query)}"))
+
+    async def cancel_run(self, run_id: str) -> dict[str, Any]:
+        """Cancel a queued or running run (``POST /runs/{id}/cancel``)."""
+        return dict(await self._request("POST", f"/runs/{quote(run_id, safe='')}/cancel"))
 
     async def ping(self, url: str | None = None) -> PingResult:
         """``GET <url>/health`` and time it; failures are reported, not raised.

@@ -18,7 +18,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-__all__ = ["TIERS", "GatewaySettings", "Settings", "TierSettings", "config_path"]
+__all__ = ["TIERS", "GatewaySettings", "LLMSettings", "ResourceSettings", "Settings", "TierSettings", "config_path"]
 
 TIERS = ("tier1", "tier2", "tier3", "tier4")
 Port = Annotated[int, Field(ge=0, le=65535)]
@@ -52,6 +52,28 @@ class GatewaySettings(_Section):
     health_interval_s: PositiveSeconds = 2.0
     heartbeat_timeout_s: PositiveSeconds = 6.0
     allowed_hosts: list[str] = Field(default_factory=list)
+    pipelines_dir: Path = Path("configs/pipelines")  # pipeline specs (*.yaml) loaded at start
+    max_active_runs: Annotated[int, Field(ge=1, le=10_000)] = 256  # runs executing at once; the rest queue
+
+
+class ResourceSettings(_Section):
+    """Limits of the resource manager and the resource health checks."""
+
+    # Share of the machine's CPU cores and memory that admitted work may reserve.
+    cpu_limit_percent: Annotated[float, Field(gt=0, le=100)] = 80.0
+    memory_limit_percent: Annotated[float, Field(gt=0, le=100)] = 80.0
+    # Work is refused while the data directory's file system has less free space than this.
+    disk_min_free_gb: Annotated[float, Field(ge=0, le=1_000_000)] = 1.0
+
+
+class LLMSettings(_Section):
+    """An OpenAI-compatible chat-completions endpoint for the LLM mode of llm_transformer_service."""
+
+    base_url: str | None = None  # e.g. http://127.0.0.1:11434/v1; unset = LLM mode answers 503
+    model: Annotated[str, Field(min_length=1, max_length=200)] = "gpt-4o-mini"
+    api_key: SecretStr | None = None  # sent as a Bearer token when set
+    timeout_s: PositiveSeconds = 30.0
+    max_tokens: Annotated[int, Field(ge=1, le=200_000)] = 2048
 
 
 def _default_tiers() -> dict[str, TierSettings]:
@@ -78,6 +100,8 @@ class Settings(BaseSettings):
     database_url: str | None = None
     redis_url: str | None = None
     gateway: GatewaySettings = Field(default_factory=GatewaySettings)
+    llm: LLMSettings = Field(default_factory=LLMSettings)
+    resources: ResourceSettings = Field(default_factory=ResourceSettings)
     tiers: dict[str, TierSettings] = Field(default_factory=_default_tiers)
 
     @classmethod

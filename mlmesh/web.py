@@ -14,7 +14,14 @@ from typing import Any
 
 import anyio.to_thread
 from fastapi import FastAPI
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    ProcessCollector,
+    generate_latest,
+)
 from starlette.responses import PlainTextResponse, Response
 
 from mlmesh.errors import problem_response
@@ -40,6 +47,8 @@ class RequestMetrics:
     def __init__(self, process: str) -> None:
         self.registry = CollectorRegistry()
         self.process = process
+        # Resident memory, CPU seconds and open files of this process (process_* series), for the monitors.
+        ProcessCollector(registry=self.registry)
         self.requests = Counter(
             "mlmesh_http_requests_total", "HTTP requests handled", ["route", "method", "status"], registry=self.registry
         )

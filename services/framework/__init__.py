@@ -11,12 +11,12 @@ Public surface::
     services.framework.app.create_app     the tier app factory
 """
 
+from mlmesh.state import StateDB
 from services.framework.arrays import FileRef, Numbers, load_numbers
 from services.framework.context import RunContext
 from services.framework.declare import Component, DeclarationError, component, registered, snake_case
 from services.framework.models import ComponentInput, ComponentOutput, Envelope, FiniteFloat, Seed
 from services.framework.paths import confine
-from services.framework.state import StateDB
 
 __all__ = [
     "Component",

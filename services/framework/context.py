@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from mlmesh.settings import Settings
+from mlmesh.state import StateDB
 from services.framework.paths import confine
-from services.framework.state import StateDB
 
 __all__ = ["RunContext"]
 

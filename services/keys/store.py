@@ -54,7 +54,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from mlmesh.errors import Conflict, NotFound, ServiceUnavailable
-from services.framework.state import StateDB
+from mlmesh.state import StateDB
 
 if TYPE_CHECKING:
     from services.framework.context import RunContext

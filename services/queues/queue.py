@@ -1,4 +1,4 @@
-"""A small durable priority queue on SQLite (:class:`~services.framework.state.StateDB`).
+"""A small durable priority queue on SQLite (:class:`~mlmesh.state.StateDB`).
 
 Tasks live in the ``queue_task`` table of a database in ``data/``; every change is a
 ``BEGIN IMMEDIATE`` transaction, so an accepted task is on disk before :meth:`TaskQueue.enqueue`
@@ -49,7 +49,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from mlmesh.errors import Conflict, NotFound
-from services.framework.state import StateDB
+from mlmesh.state import StateDB
 
 __all__ = [
     "FINAL_STATES",

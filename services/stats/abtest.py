@@ -302,7 +302,9 @@ def welch_test(
     if not se2 > 0.0:
         raise DegenerateData("the metric has zero variance in both arms")
     se = math.sqrt(se2)
-    df = se2 * se2 / (vt * vt / (n_t - 1) + vc * vc / (n_c - 1))
+    # Welch–Satterthwaite on the variances scaled by the larger: the same value, without underflow for tiny ones.
+    a, b = vt / max(vt, vc), vc / max(vt, vc)
+    df = (a + b) ** 2 / (a * a / (n_t - 1) + b * b / (n_c - 1))
     diff = mean_t - mean_c
     t = diff / se
     p = float(2.0 * stats.t.sf(abs(t), df))

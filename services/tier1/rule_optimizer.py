@@ -23,6 +23,9 @@ the GP keeps its fitted hyperparameters while fantasising.
 Modes (field ``mode``):
 
 * ``suggest`` — from observed (parameters, score) pairs, the next point(s) with EI and the posterior there.
+  The pairs arrive inline or as a table under data/ (one column per parameter, named like it, and a score
+  column); rows with the same parameters are averaged into one observation, so a log of many applications
+  of a few settings stays within the GP's size bound.
 * ``optimize`` — a full BO loop on a built-in benchmark (Branin, Hartmann-6, Rosenbrock, sphere; real
   functions in code, all minimised) for a budget of evaluations, with a Latin-hypercube initial design, the
   trace, and a same-budget uniform random search for comparison.
@@ -40,7 +43,7 @@ from dataclasses import dataclass
 from typing import Annotated, Literal
 
 import numpy as np
-from pydantic import Field, RootModel
+from pydantic import Field, RootModel, field_validator
 from scipy import linalg, optimize, special, stats
 from scipy.stats import qmc
 from sklearn.gaussian_process import GaussianProcessRegressor
@@ -48,7 +51,8 @@ from sklearn.gaussian_process.kernels import ConstantKernel, Kernel, Matern, Whi
 from threadpoolctl import threadpool_limits
 
 from mlmesh.errors import InvalidInput
-from services.framework import ComponentInput, ComponentOutput, Seed, component
+from services.framework import ComponentInput, ComponentOutput, RunContext, Seed, component
+from services.framework.arrays import MatrixRef, read_matrix
 
 __all__ = [
     "BENCHMARKS",
@@ -65,6 +69,7 @@ __all__ = [
 
 MAX_DIMENSIONS = 20
 MAX_OBSERVATIONS = 300
+MAX_TABLE_CELLS = 5_000_000  # a table of observations is averaged down; this bounds what is read
 MAX_PARETO_POINTS = 2000
 MAX_OBJECTIVES = 10
 CHEBYSHEV_RHO = 0.05  # ParEGO's augmentation weight
@@ -175,6 +180,13 @@ class Observation(ComponentInput):
     y: Score
 
 
+class ObservationTable(ComponentInput):
+    """Observations in a CSV/JSON/.npy table under data/: a column per parameter (named like it) and a score."""
+
+    path: str = Field(min_length=1, max_length=1024, description="path relative to data/")
+    score_column: str = Field(min_length=1, max_length=100, description="the score column's name")
+
+
 class _Acquisition(ComponentInput):
     n_suggestions: int = Field(1, ge=1, le=20, description="points to suggest (a batch when > 1)")
     batch_strategy: BatchStrategy = Field("kriging_believer", description="how batch points are fantasised")
@@ -190,8 +202,17 @@ class SuggestMode(_Acquisition):
 
     mode: Literal["suggest"]
     parameters: list[ParameterBox] = Field(min_length=1, max_length=MAX_DIMENSIONS)
-    observations: list[Observation] = Field(min_length=2, max_length=MAX_OBSERVATIONS)
+    observations: list[Observation] | ObservationTable = Field(
+        description=f"inline (2 to {MAX_OBSERVATIONS}) or a table whose distinct parameter rows are averaged"
+    )
     direction: Direction = "maximize"
+
+    @field_validator("observations")
+    @classmethod
+    def _enough(cls, value: list[Observation] | ObservationTable) -> list[Observation] | ObservationTable:
+        if isinstance(value, list) and not 2 <= len(value) <= MAX_OBSERVATIONS:
+            raise ValueError(f"needs 2 to {MAX_OBSERVATIONS} observations; got {len(value)}")
+        return value
 
 
 class OptimizeMode(ComponentInput):
@@ -617,12 +638,30 @@ def _matrix(rows: list[list[float] | None], dimension: int, field: str) -> np.nd
 # ------------------------------------------------------------------------------------------------- modes
 
 
-def _suggest(request: SuggestMode) -> SuggestResult:
+def _observed(request: SuggestMode, names: list[str], ctx: RunContext) -> tuple[np.ndarray, np.ndarray]:
+    """The (x, y) pairs: inline, or read from a table and averaged per distinct parameter row."""
+    table = request.observations
+    if isinstance(table, list):
+        return _matrix([o.x for o in table], len(names), "observations"), np.array([o.y for o in table])
+    ref = MatrixRef(path=table.path, columns=[*names, table.score_column])
+    data, _ = read_matrix(ref, ctx.data_dir, field="observations", max_cells=MAX_TABLE_CELLS)
+    if not np.isfinite(data).all():
+        raise InvalidInput("observations", "the table has empty or non-finite cells in the chosen columns")
+    x_rows, inverse = np.unique(data[:, :-1], axis=0, return_inverse=True)
+    if not 2 <= len(x_rows) <= MAX_OBSERVATIONS:
+        raise InvalidInput(
+            "observations", f"needs 2 to {MAX_OBSERVATIONS} distinct parameter rows; the table has {len(x_rows)}"
+        )
+    y = np.bincount(inverse.ravel(), weights=data[:, -1]) / np.bincount(inverse.ravel())
+    return x_rows, y
+
+
+def _suggest(request: SuggestMode, ctx: RunContext) -> SuggestResult:
     lower, upper, names = _box(request.parameters, "parameters")
-    x = _matrix([o.x for o in request.observations], len(names), "observations")
+    x, scores = _observed(request, names, ctx)
     u = _unit(x, lower, upper, "observations", list(range(len(x))))
     sign = 1.0 if request.direction == "minimize" else -1.0
-    y = sign * np.array([o.y for o in request.observations])
+    y = sign * scores
     rng = np.random.default_rng(request.seed)
     suggestions, gp, xi_abs, notes = _batch(
         u, y, request=request, lower=lower, upper=upper, names=names, sign=sign, rng=rng, field="observations"
@@ -817,7 +856,7 @@ def _pareto(request: ParetoMode) -> ParetoResult:
         },
     ],
 )
-def rule_optimizer(request: RuleOptimizerInput) -> RuleOptimizerOutput:
+def rule_optimizer(request: RuleOptimizerInput, ctx: RunContext) -> RuleOptimizerOutput:
     """Tune rule parameters by Gaussian-process Bayesian optimisation with expected improvement.
 
     ``mode="suggest"``: from observed (parameters, score) pairs over a parameter box, the next point(s) to try
@@ -833,7 +872,7 @@ def rule_optimizer(request: RuleOptimizerInput) -> RuleOptimizerOutput:
     # saves (several times slower on a loaded machine); results do not depend on the thread count.
     with threadpool_limits(limits=1, user_api="blas"):
         if isinstance(op, SuggestMode):
-            return RuleOptimizerOutput(mode="suggest", suggest=_suggest(op))
+            return RuleOptimizerOutput(mode="suggest", suggest=_suggest(op, ctx))
         if isinstance(op, OptimizeMode):
             return RuleOptimizerOutput(mode="optimize", optimize=_optimize(op))
         return RuleOptimizerOutput(mode="pareto", pareto=_pareto(op))

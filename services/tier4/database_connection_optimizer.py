@@ -107,9 +107,7 @@ class OptimizerVerifyOp(_Workload):
 
 
 class DatabaseConnectionOptimizerInput(
-    RootModel[
-        Annotated[OptimizerStatusOp | OptimizerRecommendOp | OptimizerVerifyOp, Field(discriminator="operation")]
-    ]
+    RootModel[Annotated[OptimizerStatusOp | OptimizerRecommendOp | OptimizerVerifyOp, Field(discriminator="operation")]]
 ):
     """One optimizer operation."""
 

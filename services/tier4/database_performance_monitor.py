@@ -179,9 +179,7 @@ def _ratio(num: int, den: int) -> float | None:
 def _statements(conn: psycopg.Connection, slow_ms: float, limit: int) -> StatementsStatus:
     installed = conn.execute("SELECT 1 FROM pg_extension WHERE extname = 'pg_stat_statements'").fetchone()
     if installed is None:
-        available = conn.execute(
-            "SELECT 1 FROM pg_available_extensions WHERE name = 'pg_stat_statements'"
-        ).fetchone()
+        available = conn.execute("SELECT 1 FROM pg_available_extensions WHERE name = 'pg_stat_statements'").fetchone()
         hint = "CREATE EXTENSION pg_stat_statements" if available else "install the contrib package"
         return StatementsStatus(
             available=False,
@@ -230,8 +228,15 @@ def _report(conn: psycopg.Connection, op: MonitorReportOp) -> tuple[DatabaseRepo
     params: dict[str, Any] = {"schema": op.schema_name, "limit": op.limit}
     tables = [
         TableStats(
-            schema_name=s, table=t, n_live_tup=live, n_dead_tup=dead, dead_tuple_ratio=_ratio(dead, live + dead),
-            seq_scan=seq or 0, idx_scan=idx, last_vacuum=lv and lv.isoformat(), last_autovacuum=la and la.isoformat(),
+            schema_name=s,
+            table=t,
+            n_live_tup=live,
+            n_dead_tup=dead,
+            dead_tuple_ratio=_ratio(dead, live + dead),
+            seq_scan=seq or 0,
+            idx_scan=idx,
+            last_vacuum=lv and lv.isoformat(),
+            last_autovacuum=la and la.isoformat(),
         )
         for s, t, live, dead, seq, idx, lv, la in conn.execute(
             "SELECT schemaname, relname, n_live_tup, n_dead_tup, seq_scan, idx_scan, last_vacuum, last_autovacuum "
@@ -377,9 +382,10 @@ def database_performance_monitor(
                 operation="status", configured=True, reachable=False, message=exc.detail
             )
         return DatabasePerformanceMonitorOutput(
-            operation="status", configured=True, reachable=True, pg_stat_statements=statements.model_copy(
-                update={"slow_statements": []}
-            ),
+            operation="status",
+            configured=True,
+            reachable=True,
+            pg_stat_statements=statements.model_copy(update={"slow_statements": []}),
         )
     with pg_connection(ctx) as conn:
         report, findings = _report(conn, op)

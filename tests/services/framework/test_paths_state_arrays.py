@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from mlmesh.errors import BadRequest, InvalidInput
+from mlmesh.state import SchemaTooNew
 from services.framework import FileRef, StateDB, confine, load_numbers
-from services.framework.state import SchemaTooNew
 
 
 @pytest.fixture
@@ -120,3 +120,30 @@ def test_numbers_errors_name_the_field(data_dir: Path) -> None:
     with pytest.raises(BadRequest, match="unsupported file type"):
         (data_dir / "v.txt").write_text("1")
         load_numbers(FileRef(path="v.txt"), data_dir, field="x")
+
+
+def test_many_threads_opening_one_new_database_at_once(tmp_path: Path) -> None:
+    # Each opens its own StateDB on the same new file, as two runs of a component may: none may see "locked".
+    barrier = threading.Barrier(8)
+    errors: list[BaseException] = []
+
+    def open_it() -> None:
+        barrier.wait()
+        try:
+            db = StateDB(tmp_path / "shared.sqlite", ["CREATE TABLE t (x INTEGER)"])
+            with db.transaction() as conn:
+                conn.execute("INSERT INTO t VALUES (1)")
+            db.close()
+        except BaseException as exc:  # collected and asserted below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=open_it) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    check = sqlite3.connect(tmp_path / "shared.sqlite")
+    assert check.execute("SELECT COUNT(*) FROM t").fetchone()[0] == 8
+    assert check.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    check.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -14,6 +15,8 @@ from scipy import optimize, stats
 from sklearn.gaussian_process import GaussianProcessRegressor
 
 from mlmesh.errors import InvalidInput
+from mlmesh.settings import Settings
+from services.framework import RunContext
 from services.tier1.rule_optimizer import (
     BENCHMARKS,
     Posterior,
@@ -25,6 +28,7 @@ from services.tier1.rule_optimizer import (
     pareto_mask,
     rule_optimizer,
 )
+from tests.conftest import make_settings
 
 BRANIN_MIN = 0.397887
 # Stated budget and tolerance: 40 evaluations (5 Latin-hypercube + 35 BO steps) reach f ≤ 0.40, i.e. within
@@ -32,8 +36,11 @@ BRANIN_MIN = 0.397887
 BRANIN_BUDGET, BRANIN_TOL, BRANIN_SEEDS = 40, 0.40, (0, 1, 2)
 
 
-def run(body: dict[str, Any]) -> Any:
-    return rule_optimizer(RuleOptimizerInput.model_validate(body))
+def run(body: dict[str, Any], ctx: RunContext | None = None) -> Any:
+    # Inline observations touch no file: a context on the default settings is enough.
+    return rule_optimizer(
+        RuleOptimizerInput.model_validate(body), ctx or RunContext("rule_optimizer", Settings(), None)
+    )
 
 
 def branin_reference(x1: np.ndarray, x2: np.ndarray) -> np.ndarray:
@@ -355,3 +362,52 @@ def test_http_422_names_the_field(client_for: Any) -> None:
     assert r.status_code == 422 and "n_suggestions" in r.json()["detail"]
     ok = client.post("/run/rule_optimizer", json=rule_optimizer.example)
     assert ok.status_code == 200 and len(ok.json()["component_result"]["suggest"]["suggestions"]) == 2
+
+
+# ------------------------------------------------------------------------------------------- observations in a file
+
+
+def test_a_table_of_observations_is_averaged_per_setting_then_used_like_inline(tmp_path: Path) -> None:
+    rng = np.random.default_rng(4)
+    examples = rng.integers(1, 9, 400)
+    threshold = rng.choice([0.2, 0.5, 0.8], 400)
+    score = 0.6 - 0.01 * (examples - 4) ** 2 + 0.05 * threshold + rng.normal(0, 0.02, 400)
+    data = tmp_path / "data"
+    data.mkdir()
+    rows = "\n".join(f"{t},{e},{y}" for t, e, y in zip(threshold, examples, score, strict=True))
+    (data / "applications.csv").write_text("threshold,examples,improvement\n" + rows + "\n")
+    ctx = RunContext("rule_optimizer", make_settings(tmp_path), None)
+    from_file = run(
+        suggest_body(np.zeros((0, 2)), np.zeros(0))
+        | {"observations": {"path": "applications.csv", "score_column": "improvement"}},
+        ctx,
+    )
+    # The reference: the same table grouped by setting with pandas, then passed inline.
+    import pandas as pd
+
+    grouped = (
+        pd.DataFrame({"threshold": threshold, "examples": examples, "y": score})
+        .groupby(["threshold", "examples"])
+        .y.mean()
+    )
+    x = np.array([list(k) for k in grouped.index], dtype=float)
+    inline = run(suggest_body(x, grouped.to_numpy()))
+    assert from_file.suggest.incumbent_y == pytest.approx(grouped.max())
+    assert from_file.suggest.incumbent_x == pytest.approx(x[np.argmax(grouped.to_numpy())].tolist())
+    np.testing.assert_allclose(
+        [s.x for s in from_file.suggest.suggestions], [s.x for s in inline.suggest.suggestions], rtol=1e-9
+    )
+
+
+def test_a_bad_table_is_422_naming_observations(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "one.csv").write_text("threshold,examples,improvement\n0.5,3,0.7\n0.5,3,0.8\n")
+    ctx = RunContext("rule_optimizer", make_settings(tmp_path), None)
+    body = suggest_body(np.zeros((0, 2)), np.zeros(0))
+    with pytest.raises(InvalidInput) as caught:
+        run(body | {"observations": {"path": "one.csv", "score_column": "improvement"}}, ctx)
+    assert caught.value.field == "observations" and "distinct parameter rows" in caught.value.detail
+    with pytest.raises(InvalidInput) as caught:
+        run(body | {"observations": {"path": "one.csv", "score_column": "missing"}}, ctx)
+    assert caught.value.field.startswith("observations")

@@ -1,0 +1,1 @@
+"""Tests of services.text: prompt quality and the rule engine."""
