@@ -62,7 +62,7 @@ import numpy as np
 
 from mlmesh.settings import Settings
 from services.domain import DomainStore, open_store
-from services.domain.features import TEXT_FEATURES, text_features
+from services.text.features import TEXT_FEATURES, text_features
 
 __all__ = [
     "BASE_EFFECT",

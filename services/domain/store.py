@@ -433,8 +433,9 @@ class _Postgres:
             open=False,
             name=f"mlmesh-domain-{schema}",
         )
-        with _pg_errors():
-            self.pool.open(wait=True, timeout=_POOL_TIMEOUT_S)
+        from services.infra.postgres import open_pool
+
+        open_pool(self.pool)
 
     def json_param(self, value: Any) -> Any:
         return Jsonb(value)

@@ -3,7 +3,7 @@
 Public surface::
 
     CheckResult, Status            one check: {name, status, latency_ms, value, threshold, unit, detail}
-    LatencyThresholds              a warning/failed pair in milliseconds
+    LatencyThresholds              a warning/failed pair in milliseconds (latency_field: an input field of one)
     Probe, ProbeRun, run_probes    named probes run concurrently
     grade, worst, skipped          classification and aggregation
     probe_http, probe_data_dir     mesh services and the data directory
@@ -18,6 +18,7 @@ from services.health.probes import (
     ProbeRun,
     Status,
     grade,
+    latency_field,
     probe_data_dir,
     probe_disk,
     probe_http,
@@ -36,6 +37,7 @@ __all__ = [
     "ProbeRun",
     "Status",
     "grade",
+    "latency_field",
     "probe_data_dir",
     "probe_disk",
     "probe_http",

@@ -44,6 +44,7 @@ __all__ = [
     "Status",
     "existing_ancestor",
     "grade",
+    "latency_field",
     "probe_data_dir",
     "probe_disk",
     "probe_http",
@@ -84,6 +85,14 @@ class LatencyThresholds(ComponentInput):
         if self.failed_ms < self.warning_ms:
             raise ValueError(f"failed_ms must be at least warning_ms ({self.warning_ms:g}); got {self.failed_ms:g}")
         return self
+
+
+def latency_field(warning_ms: float, failed_ms: float) -> Any:
+    """An input field of :class:`LatencyThresholds` with these defaults, described in the docs."""
+    return Field(
+        default_factory=lambda: LatencyThresholds(warning_ms=warning_ms, failed_ms=failed_ms),
+        description=f"latency thresholds (default: warning at {warning_ms:g} ms, failed at {failed_ms:g} ms)",
+    )
 
 
 def worst(statuses: Iterable[str]) -> Status:

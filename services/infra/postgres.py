@@ -12,7 +12,7 @@ from mlmesh.errors import ServiceUnavailable
 from mlmesh.settings import Settings
 from services.framework.context import RunContext
 
-__all__ = ["pg_connection", "pg_pool", "postgres_errors", "require_database_url"]
+__all__ = ["open_pool", "pg_connection", "pg_pool", "postgres_errors", "require_database_url"]
 
 POOL_TIMEOUT_S = 5.0
 
@@ -41,9 +41,23 @@ def pg_pool(ctx: RunContext, *, max_size: int = 10) -> ConnectionPool:
             name="mlmesh",
         )
         pool = ctx.resources.setdefault(key, pool)
-        with postgres_errors():
-            pool.open(wait=True, timeout=POOL_TIMEOUT_S)
+        open_pool(pool)
     return pool  # type: ignore[no-any-return]
+
+
+def open_pool(pool: ConnectionPool) -> None:
+    """Open ``pool`` and wait for its first connection; a server that never answers is 503 "unreachable".
+
+    (Waiting for the first connection times out with the same PoolTimeout as an exhausted pool; here it
+    means the server could not be reached, and the message says so.)
+    """
+    try:
+        pool.open(wait=True, timeout=POOL_TIMEOUT_S)
+    except PoolTimeout as exc:
+        pool.close()
+        raise ServiceUnavailable(
+            f"PostgreSQL unreachable: no connection could be made within {POOL_TIMEOUT_S:g}s", retry_after=5
+        ) from exc
 
 
 @contextmanager

@@ -12,12 +12,17 @@ Pure, deterministic functions over lists of prompt texts, built on scikit-learn:
   space for k-means on short texts; :func:`project_lsa` applies a stored one to new texts.
 * :func:`numeric_features` — a few interpretable numbers per prompt (:data:`NUMERIC_FEATURE_NAMES`).
 * :func:`top_terms` — the terms with the highest mean TF-IDF weight over a group of rows.
+* :func:`text_features` — the structure features stored with every rule application (:data:`TEXT_FEATURES`:
+  length, words, markdown headers, lists, code fences, XML tags and a 0..1 vagueness); the sample data plants
+  its effects on them and the training-data loader offers them as learning features, so their definition is
+  fixed with the stored data.
 
 Sentence embeddings are deliberately not offered: they would need downloaded model weights.
 """
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -32,6 +37,7 @@ from sklearn.preprocessing import normalize
 __all__ = [
     "IMPERATIVE_VERBS",
     "NUMERIC_FEATURE_NAMES",
+    "TEXT_FEATURES",
     "LsaModel",
     "distinct_rows",
     "fit_tfidf",
@@ -40,6 +46,7 @@ __all__ = [
     "lsa_embedding",
     "numeric_features",
     "project_lsa",
+    "text_features",
     "text_stats",
     "tfidf_from_state",
     "tfidf_state",
@@ -254,3 +261,37 @@ def numeric_features(texts: Sequence[str]) -> np.ndarray:
         stats = text_stats(text)
         out[i] = [stats[name] for name in NUMERIC_FEATURE_NAMES]
     return out
+
+
+# --- the structure features stored with rule applications ---------------------------------------------
+
+TEXT_FEATURES = ("prompt_length", "word_count", "has_headers", "has_list", "has_code", "has_xml", "vagueness")
+
+_STORED_HEADER = re.compile(r"^\s{0,3}#{1,6}\s", re.MULTILINE)
+_STORED_LIST = re.compile(r"^\s*(?:[-*+]|\d+[.)])\s", re.MULTILINE)
+_STORED_XML = re.compile(r"<([A-Za-z][\w-]*)>.*?</\1>", re.DOTALL)
+
+
+def text_features(text: str) -> dict[str, float]:
+    """Length, words, structure flags (markdown headers, lists, code fences, XML tags) and a 0..1 vagueness.
+
+    Vagueness is 1 for a one-word prompt and falls with the log of the word count to 0.25 at about 60 words;
+    each kind of structure present lowers it by 0.1 (clipped to [0, 1]).
+    """
+    words = len(text.split())
+    has_headers = float(bool(_STORED_HEADER.search(text)))
+    has_list = float(bool(_STORED_LIST.search(text)))
+    has_code = float("```" in text)
+    has_xml = float(bool(_STORED_XML.search(text)))
+    brevity = min(1.0, max(0.0, 1.0 - math.log(words) / math.log(60))) if words else 1.0
+    structure = (has_headers + has_list + has_code + has_xml) / 4
+    vagueness = round(max(0.0, min(1.0, 0.25 + 0.75 * brevity - 0.4 * structure)), 6)
+    return {
+        "prompt_length": float(len(text)),
+        "word_count": float(words),
+        "has_headers": has_headers,
+        "has_list": has_list,
+        "has_code": has_code,
+        "has_xml": has_xml,
+        "vagueness": vagueness,
+    }

@@ -12,7 +12,7 @@ Sources (``source``):
 A record needs ``session_id``, ``rule_id``, ``before_quality``, ``after_quality`` and ``improvement_score``;
 ``id``, ``domain``, ``latency_ms``, ``success``, ``applied_at`` and the text features are optional. Features
 are taken from the record's own columns, else from its ``context`` object, else measured on ``prompt_text``
-(:func:`services.domain.features.text_features`); ``step`` defaults to the record's position within its
+(:func:`services.text.features.text_features`); ``step`` defaults to the record's position within its
 session (by ``applied_at``). A record that still lacks something, or holds a value out of range (qualities
 outside [0, 1], negative latency, a non-finite number, a duplicate id), is invalid: it is dropped and counted
 with its reason, or — with ``strict`` — the request fails with 422.
@@ -64,8 +64,8 @@ from pydantic import Field, model_validator
 
 from mlmesh.errors import BadRequest, InvalidInput
 from services.domain import store_for
-from services.domain.features import TEXT_FEATURES, text_features
 from services.framework import ComponentInput, ComponentOutput, FiniteFloat, RunContext, Seed, component
+from services.text.features import TEXT_FEATURES, text_features
 
 __all__ = [
     "FEATURES",

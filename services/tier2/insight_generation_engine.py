@@ -1009,58 +1009,33 @@ def _model_insight(m: ModelResult) -> Insight:
         if reference is None:
             continue
         gain = value - reference if higher else reference - value
-        scale = abs(reference) if reference != 0 else 1.0
+        relative = metric not in ("r2", "roc_auc")
+        scale = abs(reference) if reference != 0 and relative else 1.0
+        compared = f"on {metric} ({_fmt(value)} vs {_fmt(reference)})"
         if gain > 0:
-            return Insight(
-                rank=0,
-                id="model_quality",
-                kind="model_quality",
-                title=f"{label} beats its baseline on {metric} ({_fmt(value)} vs {_fmt(reference)})",
-                rule_ids=[],
-                severity="info",
-                confidence=None,
-                confidence_level=None,
-                p_value=None,
-                q_value=None,
-                effect_size=gain / scale if metric not in ("r2", "roc_auc") else gain,
-                effect_measure=f"{metric} gain over the baseline"
-                + (" (relative)" if metric not in ("r2", "roc_auc") else ""),
-                evidence=evidence,
-                recommendation=f"Use {label} for rule selection; keep monitoring its held-out {metric}.",
-            )
-        return Insight(
-            rank=0,
-            id="model_quality",
-            kind="model_quality",
-            title=f"{label} is no better than its baseline on {metric} ({_fmt(value)} vs {_fmt(reference)})",
-            rule_ids=[],
-            severity="high",
-            confidence=None,
-            confidence_level=None,
-            p_value=None,
-            q_value=None,
-            effect_size=gain / scale if metric not in ("r2", "roc_auc") else gain,
-            effect_measure=f"{metric} gain over the baseline"
-            + (" (relative)" if metric not in ("r2", "roc_auc") else ""),
-            evidence=evidence,
-            recommendation=(
+            title, severity = f"{label} beats its baseline {compared}", "info"
+            recommendation = f"Use {label} for rule selection; keep monitoring its held-out {metric}."
+        else:
+            title, severity = f"{label} is no better than its baseline {compared}", "high"
+            recommendation = (
                 f"Do not use {label} for decisions: it does not beat a dummy baseline. "
                 "Add informative features or more training data and retrain."
-            ),
+            )
+        return _upstream_insight(
+            "model_quality",
+            "model_quality",
+            title,
+            severity,  # type: ignore[arg-type]
+            effect_size=gain / scale,
+            effect_measure=f"{metric} gain over the baseline" + (" (relative)" if relative else ""),
+            evidence=evidence,
+            recommendation=recommendation,
         )
-    return Insight(
-        rank=0,
-        id="model_quality",
-        kind="model_quality",
-        title=f"{label}: no metric can be compared with a baseline",
-        rule_ids=[],
-        severity="low",
-        confidence=None,
-        confidence_level=None,
-        p_value=None,
-        q_value=None,
-        effect_size=None,
-        effect_measure=None,
+    return _upstream_insight(
+        "model_quality",
+        "model_quality",
+        f"{label}: no metric can be compared with a baseline",
+        "low",
         evidence=evidence,
         recommendation="Report the baseline's held-out metrics with the model's so its value can be judged.",
     )

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from typing import Any, Literal, get_args
+from typing import Literal, get_args
 
 import httpx
 import psycopg
@@ -44,6 +44,7 @@ from services.health.probes import (
     ProbeRun,
     Status,
     grade,
+    latency_field,
     probe_data_dir,
     probe_disk,
     probe_http,
@@ -69,13 +70,6 @@ MonitorCheck = Literal["services", "gateway", "data_dir", "domain_store", "postg
 MONITOR_CHECKS: tuple[str, ...] = get_args(MonitorCheck)
 
 
-def _latency(warning_ms: float, failed_ms: float) -> Any:
-    return Field(
-        default_factory=lambda: LatencyThresholds(warning_ms=warning_ms, failed_ms=failed_ms),
-        description=f"latency thresholds (default: warning at {warning_ms:g} ms, failed at {failed_ms:g} ms)",
-    )
-
-
 class HealthMonitorInput(ComponentInput):
     """Which checks to run and the thresholds to judge them by."""
 
@@ -83,9 +77,9 @@ class HealthMonitorInput(ComponentInput):
         min_length=1, max_length=len(MONITOR_CHECKS), description=f"checks to run, any of {list(MONITOR_CHECKS)}"
     )
     timeout_s: float = Field(1.0, gt=0, le=30, description="per-request timeout of the HTTP probes")
-    service_latency: LatencyThresholds = _latency(250.0, 1000.0)
-    store_latency: LatencyThresholds = _latency(100.0, 1000.0)
-    dependency_latency: LatencyThresholds = _latency(50.0, 500.0)
+    service_latency: LatencyThresholds = latency_field(250.0, 1000.0)
+    store_latency: LatencyThresholds = latency_field(100.0, 1000.0)
+    dependency_latency: LatencyThresholds = latency_field(50.0, 500.0)
     disk_free_warning_percent: float = Field(25.0, ge=0, le=100, description="free space below this: warning")
     disk_free_failed_percent: float = Field(10.0, ge=0, le=100, description="free space below this: failed")
     disk_min_free_gb: float | None = Field(

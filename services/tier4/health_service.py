@@ -23,7 +23,6 @@ The aggregate status is the worst check (``skipped`` ones do not count). Units r
 
 from __future__ import annotations
 
-import importlib
 import threading
 from collections.abc import Callable
 from typing import Literal, get_args
@@ -35,6 +34,7 @@ from pydantic import Field, model_validator
 from mlmesh.errors import MeshError
 from services.framework import ComponentInput, ComponentOutput, RunContext, component
 from services.health.probes import CheckResult, Probe, Status, run_probes, worst
+from services.tier4.analytics_service_health_checker import analytics_service_health_checker
 from services.tier4.health_monitor import (
     MONITOR_CHECKS,
     HealthMonitorInput,
@@ -80,7 +80,6 @@ Checker = Literal[
 ]
 CHECKERS: tuple[str, ...] = get_args(Checker)
 BREAKERS_RESOURCE = "health_service:breakers"
-ANALYTICS_MODULE = "services.tier4.analytics_service_health_checker"
 
 
 class HealthServiceInput(ComponentInput):
@@ -186,34 +185,23 @@ def _prefixed(checker: str, results: list[CheckResult]) -> list[CheckResult]:
     return [r.model_copy(update={"name": f"{checker}.{r.name}"}) for r in results]
 
 
-def _analytics(ctx: RunContext) -> Callable[[], list[CheckResult]] | None:
-    """The analytics checker's run (its documented example input), or None when it is not in this build."""
-    try:
-        module = importlib.import_module(ANALYTICS_MODULE)
-    except ImportError:
-        return None
-    comp = module.analytics_service_health_checker
-
-    def run() -> list[CheckResult]:
-        out = comp(comp.input_model.model_validate(comp.example), ctx)
-        results = []
-        for check in out.checks:
-            status = check.status
-            warning, failed = getattr(check, "warning_threshold", None), getattr(check, "failed_threshold", None)
-            results.append(
-                CheckResult(
-                    name=check.name,
-                    status=status,
-                    latency_ms=check.latency_ms,
-                    value=check.value,
-                    threshold=failed if status == "failed" else warning,
-                    unit=check.unit,
-                    detail=check.message,
-                )
-            )
-        return results
-
-    return run
+def _analytics(ctx: RunContext) -> list[CheckResult]:
+    """The analytics checker on its documented example input, in the shared check shape."""
+    comp = analytics_service_health_checker
+    out = comp(comp.input_model.model_validate(comp.example), ctx)
+    return [
+        CheckResult(
+            name=check.name,
+            status=check.status,
+            latency_ms=check.latency_ms,
+            value=check.value,
+            # The threshold crossed, else the warning one (the checker reports both).
+            threshold=check.failed_threshold if check.status == "failed" else check.warning_threshold,
+            unit=check.unit,
+            detail=check.message,
+        )
+        for check in out.checks
+    ]
 
 
 def _units(request: HealthServiceInput, ctx: RunContext, client: httpx.Client) -> list[Probe]:
@@ -247,11 +235,9 @@ def _units(request: HealthServiceInput, ctx: RunContext, client: httpx.Client) -
             ).checks
         ),
     }
-    analytics = _analytics(ctx)
-    if analytics is not None:
-        checkers["analytics_service_health_checker"] = analytics
+    checkers["analytics_service_health_checker"] = lambda: _analytics(ctx)
     for checker in CHECKERS[1:]:
-        if checker in wanted and checker in checkers:
+        if checker in wanted:
             units.append(Probe(checker, lambda c=checker: _prefixed(c, checkers[c]())))
     return units
 

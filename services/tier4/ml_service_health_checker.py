@@ -17,14 +17,14 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from typing import Any, Literal, get_args
+from typing import Literal, get_args
 
 import numpy as np
 from pydantic import Field, model_validator
 
 from mlmesh.errors import MeshError
 from services.framework import ComponentInput, ComponentOutput, RunContext, component
-from services.health.probes import CheckResult, LatencyThresholds, Status, grade, worst
+from services.health.probes import CheckResult, LatencyThresholds, Status, grade, latency_field, worst
 from services.models.registry import ModelRecord, ModelRegistry
 
 __all__ = [
@@ -39,13 +39,6 @@ MLServiceCheck = Literal["registry", "load", "predict"]
 ML_SERVICE_CHECKS: tuple[str, ...] = get_args(MLServiceCheck)
 
 
-def _latency(warning_ms: float, failed_ms: float) -> Any:
-    return Field(
-        default_factory=lambda: LatencyThresholds(warning_ms=warning_ms, failed_ms=failed_ms),
-        description=f"latency thresholds (default: warning at {warning_ms:g} ms, failed at {failed_ms:g} ms)",
-    )
-
-
 class MLServiceHealthCheckerInput(ComponentInput):
     """Which checks to run, on how many models, and the latency thresholds."""
 
@@ -53,9 +46,9 @@ class MLServiceHealthCheckerInput(ComponentInput):
         min_length=1, max_length=len(ML_SERVICE_CHECKS), description=f"any of {list(ML_SERVICE_CHECKS)}"
     )
     max_models: int = Field(5, ge=1, le=100, description="check the latest version of this many newest models")
-    registry_latency: LatencyThresholds = _latency(100.0, 1000.0)
-    load_latency: LatencyThresholds = _latency(2000.0, 10_000.0)
-    predict_latency: LatencyThresholds = _latency(50.0, 500.0)
+    registry_latency: LatencyThresholds = latency_field(100.0, 1000.0)
+    load_latency: LatencyThresholds = latency_field(2000.0, 10_000.0)
+    predict_latency: LatencyThresholds = latency_field(50.0, 500.0)
 
     @model_validator(mode="after")
     def _unique(self) -> MLServiceHealthCheckerInput:

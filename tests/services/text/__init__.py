@@ -1,1 +1,1 @@
-"""Tests of services.text: prompt quality and the rule engine."""
+"""Tests of services.text: prompt features, quality and the rule engine."""

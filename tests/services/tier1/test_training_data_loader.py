@@ -21,8 +21,8 @@ from hypothesis import strategies as st
 from mlmesh.errors import InvalidInput
 from mlmesh.settings import Settings
 from services.domain import DomainStore
-from services.domain.features import text_features
 from services.framework import RunContext
+from services.text.features import text_features
 from services.tier1.training_data_loader import (
     LEAKY_COLUMNS,
     TrainingDataLoaderInput,
