@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import secrets
 import signal
@@ -13,6 +14,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import httpx
@@ -133,3 +135,15 @@ def get_json(url: str, timeout: float = 2.0) -> Any:
 def auth(env: dict[str, str]) -> dict[str, str]:
     """Headers for calling a tier of the mesh started with ``env`` directly (as the gateway does)."""
     return {"X-MLMesh-Token": env["MLMESH_TOKEN"]}
+
+
+def sample_data_script() -> ModuleType:
+    """``scripts/sample_data.py`` as a module (scripts are not a package), loaded once."""
+    name = "scripts_sample_data"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / "sample_data.py")
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module  # dataclasses look their module up while the script is executing
+        spec.loader.exec_module(module)
+    return sys.modules[name]

@@ -200,6 +200,14 @@
         drawing = true;
       }
       ctx.stroke();
+      // A dot on every sample, so that a lone sample between gaps still shows.
+      ctx.fillStyle = s.color;
+      for (const p of s.points) {
+        if (p.y === null) continue;
+        ctx.beginPath();
+        ctx.arc(x(p.t), y(p.y), s.dashed ? 1.5 : 2.5, 0, 2 * Math.PI);
+        ctx.fill();
+      }
     }
     ctx.setLineDash([]);
   }

@@ -73,13 +73,15 @@ def own_mesh(tmp_path: Path) -> Iterator[Mesh]:
             process.stop()
 
 
-def _traffic(mesh: Mesh) -> str | None:
-    """Some calls through the gateway (and a pipeline run if the gateway runs pipelines), for the charts."""
+def _traffic(mesh: Mesh, *, pipeline: bool = True) -> str | None:
+    """Some calls through the gateway (and a pipeline run), for the charts."""
     component = "structural_analyzer"
     example = httpx.get(f"{mesh.gateway}/components/{component}", timeout=5).json()["example"]
     for _ in range(5):
         assert httpx.post(f"{mesh.gateway}/run/{component}", json=example, timeout=30).status_code == 200
     assert httpx.post(f"{mesh.gateway}/run/{component}", json={}, timeout=30).status_code == 422
+    if not pipeline:
+        return None
     spec = {
         "name": "dashboard-check",
         "steps": [
@@ -136,6 +138,10 @@ def test_dashboard_shows_the_live_mesh_and_a_killed_tier(own_mesh: Mesh, tmp_pat
                 timeout=15_000,
             )
             page.wait_for_selector(f'#runs tr.run[data-run-id="{run_id}"]', timeout=15_000)
+            # A second burst a few refreshes later, so the charts show lines rather than single samples.
+            page.wait_for_timeout(3 * REFRESH_S * 1000)
+            _traffic(mesh, pipeline=False)
+            page.wait_for_timeout(3 * REFRESH_S * 1000)
             assert "dashboard-check" in page.locator(f'#runs tr.run[data-run-id="{run_id}"]').inner_text()
             assert page.locator("#mesh-status").get_attribute("data-status") == "ok"
 

@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import io
-import sys
 import time
 import uuid
 from pathlib import Path
-from types import ModuleType
 
 import numpy as np
 import pandas as pd
@@ -20,21 +17,10 @@ from scipy import stats
 from services.domain import DomainStore
 from services.framework.arrays import MatrixRef
 from services.models.registry import load_matrix
+from tests.support import sample_data_script
 
-SCRIPT = Path(__file__).resolve().parents[3] / "scripts" / "sample_data.py"
 DB_URL = "postgresql://127.0.0.1:5432/test"
-
-
-def load_script() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("scripts_sample_data", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the script is executing
-    spec.loader.exec_module(module)
-    return module
-
-
-sd = load_script()
+sd = sample_data_script()
 
 
 @pytest.fixture(scope="module")

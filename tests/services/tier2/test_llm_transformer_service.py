@@ -22,6 +22,7 @@ from services.tier2.llm_transformer_service import (
     llm_transformer_service,
 )
 from tests.conftest import make_settings
+from tests.support import sample_data_script
 
 ROUTE = "/run/llm_transformer_service"
 LLM_URL = "http://llm.test/v1"
@@ -221,3 +222,13 @@ def test_llm_rate_limit_is_429_with_retry_after(llm_settings: Settings) -> None:
 def test_llm_not_configured_is_503(settings: Settings) -> None:
     with pytest.raises(ServiceUnavailable, match="LLM endpoint not configured: set MLMESH_LLM__BASE_URL"):
         run(settings, prompt="Write a poem.", mode="llm")
+
+
+def test_every_sample_prompt_is_improved_with_every_change_explained(settings: Settings) -> None:
+    prompts = [p["text"] for p in sample_data_script().generate(7).prompts]
+    assert len(prompts) == 300
+    for text in prompts:
+        out = run(settings, prompt=text)
+        assert out.changed, text
+        assert out.quality_after.score >= out.quality_before.score, text
+        assert out.rules_applied and all(r.reason and r.changes for r in out.rules_applied), text
