@@ -34,7 +34,7 @@ from typing import Any
 
 import orjson
 
-from gateway.pipelines import PipelineSpec, StepSpec, dependencies, resolve_bindings, validate
+from gateway.pipelines import PipelineSpec, StepSpec, bind_params, dependencies, resolve_bindings, validate
 from gateway.registry import Registry
 from gateway.router import Router
 from mlmesh.errors import Conflict, InvalidInput, MeshError, NotFound
@@ -273,8 +273,16 @@ class Jobs:
                 f"params.{unknown[0]}", f"{spec.name} has no parameter {unknown[0]!r}; it has {sorted(spec.params)}"
             )
         validate(spec, self.registry.components())
+        merged = {**spec.params, **params}
+        try:
+            # The run's parameters, in place, must satisfy the schemas of the inputs they feed.
+            validate(bind_params(spec, merged), self.registry.components())
+        except InvalidInput as exc:
+            raise InvalidInput("params", f"with these parameters, {exc.detail}") from None
+        except KeyError as exc:
+            raise InvalidInput("params", str(exc.args[0])) from None
         run_id = uuid.uuid4().hex
-        self.store.create(run_id, spec, {**spec.params, **params})
+        self.store.create(run_id, spec, merged)
         self._start(run_id)
         return run_id
 

@@ -45,6 +45,7 @@ __all__ = [
     "BINDING",
     "PipelineSpec",
     "StepSpec",
+    "bind_params",
     "binding_of",
     "dependencies",
     "load_pipeline_files",
@@ -190,6 +191,26 @@ def resolve_bindings(value: Any, results: dict[str, Any], params: dict[str, Any]
     if isinstance(value, list):
         return [resolve_bindings(v, results, params, where=f"{where}[{i}]") for i, v in enumerate(value)]
     return value
+
+
+def bind_params(spec: PipelineSpec, params: dict[str, Any]) -> PipelineSpec:
+    """``spec`` with every ``$params`` binding replaced by its value (``$steps`` bindings stay).
+
+    Validating this copy checks a run's parameters against the schemas of the inputs they feed.
+    """
+
+    def substitute(value: Any, where: str) -> Any:
+        parsed = binding_of(value)
+        if parsed is not None:
+            return resolve_bindings(value, {}, params, where=where) if parsed[0] == "params" else value
+        if isinstance(value, dict):
+            return {k: substitute(v, f"{where}.{k}") for k, v in value.items()}
+        if isinstance(value, list):
+            return [substitute(v, f"{where}[{i}]") for i, v in enumerate(value)]
+        return value
+
+    steps = [s.model_copy(update={"input": substitute(s.input, f"{s.id}.input")}) for s in spec.steps]
+    return spec.model_copy(update={"steps": steps})
 
 
 # --- validation against the registry's schemas ---------------------------------------------------------

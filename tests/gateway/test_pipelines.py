@@ -137,44 +137,46 @@ def test_unknown_pipeline_run_and_param(gateway: TestClient) -> None:
     assert gateway.post("/pipelines/chain/runs").status_code == 202  # no body: the defaults
 
 
+# toy_add's request_id is text: fed into a number field it makes the tier answer 422 when the step runs.
+BREAKS = [
+    {"id": "first", "component": "toy_add", "input": {"a": 1}},
+    {"id": "bad", "component": "toy_add", "input": {"a": "$steps.first.request_id"}},
+    {"id": "after", "component": "toy_add", "input": {"a": "$steps.bad.total"}},
+]
+
+
 def test_a_failing_step_fails_the_run_and_skips_its_dependents(gateway: TestClient) -> None:
-    spec = {
-        "name": "breaks",
-        "params": {"value": 1},
-        "steps": [
-            {"id": "bad", "component": "toy_add", "input": {"a": "$params.value"}},
-            {"id": "after", "component": "toy_add", "input": {"a": "$steps.bad.total"}},
-        ],
-    }
-    define(gateway, spec)
-    run = finished(gateway, start(gateway, "breaks", value="not a number"))
+    define(gateway, {"name": "breaks", "steps": BREAKS})
+    run = finished(gateway, start(gateway, "breaks"))
     steps = steps_of(run)
     assert run["status"] == "failed" and run["error"] == "step 'bad' failed"
     assert steps["bad"]["status"] == "failed" and steps["bad"]["error"]["status"] == 422
+    assert "a:" in steps["bad"]["error"]["detail"]  # the tier's problem, naming the field
     assert steps["bad"]["attempts"] == 1  # a 4xx is never retried
     assert steps["after"]["status"] in ("skipped", "cancelled")
 
 
 def test_on_failure_continue_lets_independent_steps_finish(gateway: TestClient) -> None:
-    spec = {
-        "name": "tolerant",
-        "params": {"value": 1},
-        "steps": [
-            {"id": "bad", "component": "toy_add", "input": {"a": "$params.value"}, "on_failure": "continue"},
-            {"id": "after", "component": "toy_add", "input": {"a": "$steps.bad.total"}},
-            {"id": "other", "component": "toy_add", "input": {"a": 1, "b": 1}},
-        ],
-    }
-    define(gateway, spec)
-    run = finished(gateway, start(gateway, "tolerant", value="x"))
-    steps = steps_of(run)
+    steps = [dict(s) for s in BREAKS]
+    steps[1]["on_failure"] = "continue"
+    define(gateway, {"name": "tolerant", "steps": [*steps, {"id": "other", "component": "toy_add", "input": {"a": 1}}]})
+    run = finished(gateway, start(gateway, "tolerant"))
+    by_id = steps_of(run)
     assert run["status"] == "succeeded"
-    assert (steps["bad"]["status"], steps["after"]["status"], steps["other"]["status"]) == (
+    assert [by_id[s]["status"] for s in ("first", "bad", "after", "other")] == [
+        "succeeded",
         "failed",
         "skipped",
         "succeeded",
-    )
-    assert "dependency 'bad'" in steps["after"]["error"]["detail"]
+    ]
+    assert "dependency 'bad'" in by_id["after"]["error"]["detail"]
+
+
+def test_run_parameters_are_checked_against_the_inputs_they_feed(gateway: TestClient) -> None:
+    define(gateway, CHAIN)
+    detail = problem(gateway.post("/pipelines/chain/runs", json={"params": {"start": "five"}}))
+    assert detail.startswith("params:") and "steps[0].input.a" in detail and "not of type 'number'" in detail
+    assert gateway.get("/runs").json()["total"] == 0  # nothing was accepted
 
 
 def test_cancel_stops_a_running_run(gateway: TestClient) -> None:

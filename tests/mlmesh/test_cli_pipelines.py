@@ -38,7 +38,18 @@ def _serve(tmp_path: Path) -> tuple[ServerThread, ServerThread]:
     gateway = ServerThread(create_gateway(gateway_settings(tmp_path / "g", ports))).start()
     wait_for(lambda: httpx.get(f"{gateway.url}/components/toy_add").status_code == 200, what="toy_add discovered")
     assert httpx.post(f"{gateway.url}/pipelines", json=SPEC).status_code == 201
+    assert httpx.post(f"{gateway.url}/pipelines", json=BROKEN).status_code == 201
     return tier, gateway
+
+
+# toy_add's request_id is text: fed into a number field, the second step fails when it runs.
+BROKEN = {
+    "name": "broken",
+    "steps": [
+        {"id": "first", "component": "toy_add", "input": {"a": 1}},
+        {"id": "second", "component": "toy_add", "input": {"a": "$steps.first.request_id"}},
+    ],
+}
 
 
 @pytest.fixture
@@ -60,9 +71,16 @@ def test_pipeline_run_follows_the_steps_and_prints_the_summary(mesh: str) -> Non
 
 
 def test_pipeline_run_exits_1_when_the_run_fails(mesh: str) -> None:
+    result = runner.invoke(app, ["--gateway", mesh, "pipeline", "run", "broken"])
+    assert result.exit_code == 1
+    assert re.search(r"second\s+toy_add\s+failed", result.stdout)
+    assert "run " in result.stdout and ": failed" in result.stdout
+
+
+def test_a_parameter_the_input_refuses_is_rejected_before_the_run(mesh: str) -> None:
     result = runner.invoke(app, ["--gateway", mesh, "pipeline", "run", "sum", "-p", "a=not-a-number"])
     assert result.exit_code == 1
-    assert re.search(r"first\s+toy_add\s+failed", result.stdout)
+    assert "params: with these parameters, steps[0].input.a" in result.stderr
 
 
 def test_unknown_pipeline_and_bad_param_syntax(mesh: str) -> None:
