@@ -14,8 +14,9 @@ once already — the same trade-off as any at-least-once job queue), else it fai
 stays ``running`` once the gateway is back.
 
 **Retries.** A step attempt that ends in 429, 502, 503 or 504 (a tier down, restarting, overloaded or
-slow) is retried after an exponential backoff with jitter (at least the service's Retry-After), up to the
-step's ``retries``. Any other error (a 4xx for bad input, a 500 bug) fails the step at once.
+slow; also a component that no registered service hosts right now) is retried after an exponential
+backoff with jitter (at least the service's Retry-After), up to the step's ``retries``. Any other error
+(a 4xx for bad input, a 500 bug) fails the step at once.
 
 **Reports.** A finished run writes ``outputs/runs/<run-id>/report.json`` and ``report.md``.
 """
@@ -478,6 +479,11 @@ class Jobs:
             response = await self.router.run(
                 step.component, orjson.dumps(body), request_id=request_id, timeout_s=timeout
             )
+        except NotFound:
+            # The spec was validated against the registry when the run was accepted: the component is unknown now
+            # because no service hosting it has been seen since (e.g. the gateway restarted while its tier was
+            # down). That is a tier being away, so it is retried like one.
+            return 503, f"no service hosting {step.component} is registered right now", None
         except MeshError as exc:
             return exc.status, exc.detail, getattr(exc, "retry_after", None)
         try:

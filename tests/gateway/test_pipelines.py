@@ -255,6 +255,30 @@ def test_a_restarted_gateway_resumes_runs_without_rerunning_finished_steps(
     assert queued["status"] == "succeeded" and steps_of(queued)["third"]["result"]["total"] == 113
 
 
+def test_a_resumed_run_waits_for_a_tier_that_is_not_back_yet(tmp_path: Path, tier_ports: dict[str, int]) -> None:
+    # The gateway restarts while tier3 is down: the registry does not know toy_add until tier3 is back.
+    settings = gateway_settings(tmp_path / "g", tier_ports)
+    spec = PipelineSpec.model_validate(
+        {"name": "one", "steps": [{"id": "add", "component": "toy_add", "input": {"a": 2}, "retries": 8}]}
+    )
+    store = RunStore(settings.data_dir / "gateway_runs.sqlite")
+    store.create("d" * 32, spec, {})
+    store.update_run("d" * 32, status="running", started_at=time.time())
+    store.close()
+    with TestClient(create_gateway(settings)) as gw:
+        wait_for(lambda: gw.get("/runs/" + "d" * 32).json()["steps"][0]["status"] == "retrying", what="a retry")
+        assert "no service hosting toy_add" in gw.get("/runs/" + "d" * 32).json()["steps"][0]["error"]["detail"]
+        tier = ServerThread(
+            create_tier("tier3", settings=make_settings(tmp_path / "t"), components=[toy_add], announce=False),
+            tier_ports["tier3"],
+        ).start()
+        try:
+            run = finished(gw, "d" * 32, timeout=30)
+        finally:
+            tier.stop()
+    assert run["status"] == "succeeded" and run["steps"][0]["result"]["total"] == 2
+
+
 def test_a_step_interrupted_with_its_retries_spent_fails_with_the_reason(
     tmp_path: Path, tier_ports: dict[str, int], tier3: ServerThread
 ) -> None:
