@@ -35,6 +35,7 @@ from starlette.staticfiles import StaticFiles
 
 from gateway.registry import Registry, ServiceEntry
 from gateway.router import Router
+from mlmesh.prometheus import histogram_quantile
 from mlmesh.settings import Settings
 from mlmesh.web import MeshMiddleware, RequestMetrics
 
@@ -46,7 +47,6 @@ __all__ = [
     "Sample",
     "ServiceTraffic",
     "Totals",
-    "histogram_quantile",
     "install_dashboard",
     "interval_point",
     "traffic_totals",
@@ -161,29 +161,6 @@ def traffic_totals(samples: Iterable[Any]) -> Totals:
     if math.inf not in buckets:
         buckets[math.inf] = requests
     return Totals(requests, errors, tuple(sorted(buckets.items())))
-
-
-def histogram_quantile(q: float, buckets: Iterable[tuple[float, float]]) -> float | None:
-    """The ``q``-quantile of a cumulative histogram, as Prometheus's ``histogram_quantile`` computes it.
-
-    Linear interpolation inside the bucket that holds the rank, the first bucket starting at 0;
-    a rank in the +Inf bucket gives the largest finite bound. None for an empty histogram.
-    """
-    if not 0.0 <= q <= 1.0:
-        raise ValueError(f"q must be in [0, 1]; got {q}")
-    ordered = sorted(buckets)
-    if not ordered or ordered[-1][1] <= 0:
-        return None
-    total = ordered[-1][1]
-    rank = q * total
-    lower, below = 0.0, 0.0
-    for bound, count in ordered:
-        if count >= rank and count > below:
-            if math.isinf(bound):
-                return lower
-            return lower + (bound - lower) * (rank - below) / (count - below)
-        lower, below = bound, count
-    return lower
 
 
 def interval_point(before: Sample, after: Sample) -> Point | None:

@@ -52,9 +52,8 @@ from __future__ import annotations
 import csv
 import ipaddress
 import json
-import math
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
@@ -66,6 +65,7 @@ from pydantic import Field, RootModel, field_validator
 
 from mlmesh.errors import BadRequest, InvalidInput
 from mlmesh.logsearch import iter_entries
+from mlmesh.prometheus import histogram_quantile
 from mlmesh.settings import Settings
 from services.framework import ComponentInput, ComponentOutput, RunContext, component
 
@@ -88,7 +88,6 @@ __all__ = [
     "burn_rate",
     "check_loopback_url",
     "default_targets",
-    "histogram_quantile",
     "is_failure",
     "parse_metrics",
     "performance_monitor",
@@ -275,41 +274,6 @@ def burn_rate(error_rate: float, slo_target: float) -> float:
 
 def _at_least(value: float | None, threshold: float) -> bool:
     return value is not None and value >= threshold * (1 - _REL_TOL)
-
-
-def histogram_quantile(q: float, buckets: Sequence[tuple[float, float]]) -> float | None:
-    """The ``q``-quantile of a Prometheus histogram, as PromQL's ``histogram_quantile`` computes it.
-
-    Args:
-        q: The quantile, in [0, 1].
-        buckets: ``(upper bound le, cumulative count)`` pairs, including ``+Inf``.
-
-    Returns:
-        Linear interpolation inside the bucket where the rank ``q × total`` falls (the lower bound of the
-        first bucket is 0 when its upper bound is positive); the highest finite bound when the rank falls in
-        the ``+Inf`` bucket; None without observations or without a ``+Inf`` bucket.
-    """
-    if not 0.0 <= q <= 1.0:
-        raise ValueError(f"q must be in [0, 1]; got {q}")
-    ordered = sorted(buckets)
-    if len(ordered) < 2 or not math.isinf(ordered[-1][0]):
-        return None
-    # Cumulative counts can dip through scrape races: force them monotonic, as Prometheus does.
-    bounds = [b for b, _ in ordered]
-    counts = np.maximum.accumulate([c for _, c in ordered]).tolist()
-    total = counts[-1]
-    if total <= 0:
-        return None
-    rank = q * total
-    b = next((i for i in range(len(counts) - 1) if counts[i] >= rank), len(counts) - 1)
-    if b == len(counts) - 1:
-        return float(bounds[-2])
-    if b == 0 and bounds[0] <= 0:
-        return float(bounds[0])
-    start, end, count = 0.0, bounds[b], counts[b]
-    if b > 0:
-        start, count, rank = bounds[b - 1], count - counts[b - 1], rank - counts[b - 1]
-    return float(start + (end - start) * rank / count)
 
 
 def check_loopback_url(url: str, *, field: str = "base_urls") -> str:

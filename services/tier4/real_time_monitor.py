@@ -10,7 +10,7 @@ text with ``prometheus_client.parser``.
 * requests — the increase of ``mlmesh_http_requests_total`` summed over routes, methods and statuses;
   request rate = requests / seconds between the two samples;
 * error rate — 5xx answers / requests (429s are reported apart as ``throttled``);
-* latency p50/p95 — :func:`~services.tier4.performance_monitor.histogram_quantile` of the increase of
+* latency p50/p95 — :func:`~mlmesh.prometheus.histogram_quantile` of the increase of
   the ``mlmesh_http_request_duration_seconds`` buckets (``sum by (le)``), as PromQL's
   ``histogram_quantile(q, sum by (le) (increase(...)))``;
 * memory — ``process_resident_memory_bytes`` of the last answer (None when the service does not export it);
@@ -40,13 +40,13 @@ from typing import Annotated, Literal
 import httpx
 from pydantic import Field, field_validator, model_validator
 
+from mlmesh.prometheus import histogram_quantile
 from mlmesh.settings import Settings
 from services.framework import ComponentInput, ComponentOutput, RunContext, component
 from services.tier4.performance_monitor import (
     Scrape,
     check_loopback_url,
     default_targets,
-    histogram_quantile,
     parse_metrics,
     route_selected,
 )

@@ -18,10 +18,10 @@ from gateway.dashboard import (
     DashboardData,
     Sample,
     Totals,
-    histogram_quantile,
     interval_point,
     traffic_totals,
 )
+from mlmesh.prometheus import histogram_quantile
 from mlmesh.web import LATENCY_BUCKETS, RequestMetrics
 from services.framework.app import create_app as create_tier
 from tests.conftest import make_settings
@@ -181,23 +181,6 @@ def test_data_with_a_real_tier(tmp_path: Path, tier_ports: dict[str, int]) -> No
 
 
 # ---- the numbers --------------------------------------------------------------------------
-
-
-def test_histogram_quantile_hand_computed() -> None:
-    # Prometheus semantics: linear interpolation inside the bucket that holds the rank.
-    buckets = [(0.1, 10.0), (0.2, 30.0), (0.4, 40.0), (math.inf, 40.0)]
-    assert histogram_quantile(0.5, buckets) == pytest.approx(0.15)  # rank 20: 0.1 + 0.1 * 10/20
-    assert histogram_quantile(0.95, buckets) == pytest.approx(0.36)  # rank 38: 0.2 + 0.2 * 8/10
-    assert histogram_quantile(0.25, buckets) == pytest.approx(0.1)  # rank 10: top of the first bucket
-    assert histogram_quantile(0.1, buckets) == pytest.approx(0.04)  # rank 4 in the first bucket, from 0
-    # A rank in the +Inf bucket gives the largest finite bound.
-    assert histogram_quantile(0.99, [(0.1, 1.0), (0.2, 2.0), (math.inf, 10.0)]) == pytest.approx(0.2)
-    # Empty buckets before the rank are skipped.
-    assert histogram_quantile(0.5, [(0.1, 0.0), (0.2, 0.0), (0.4, 4.0), (math.inf, 4.0)]) == pytest.approx(0.3)
-    assert histogram_quantile(0.5, [(0.1, 0.0), (math.inf, 0.0)]) is None
-    assert histogram_quantile(0.5, []) is None
-    with pytest.raises(ValueError, match="q must be in"):
-        histogram_quantile(1.5, buckets)
 
 
 def test_histogram_quantile_lands_in_the_bucket_of_the_exact_quantile() -> None:

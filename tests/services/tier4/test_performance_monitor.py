@@ -1,4 +1,4 @@
-"""PerformanceMonitor: percentiles against numpy, the SRE workbook's burn-rate example, histogram_quantile by hand,
+"""PerformanceMonitor: percentiles against numpy, the SRE workbook's burn-rate example,
 and the logs and metrics sources against a real tier service."""
 
 from __future__ import annotations
@@ -12,13 +12,13 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
+from mlmesh.prometheus import histogram_quantile
 from mlmesh.settings import Settings
 from services.framework import RunContext
 from services.framework.app import create_app
 from services.tier4.performance_monitor import (
     PerformanceMonitorInput,
     PerformanceMonitorOutput,
-    histogram_quantile,
     parse_metrics,
     performance_monitor,
     sum_buckets,
@@ -178,25 +178,6 @@ def test_grades_follow_budget_and_alerts(settings: Settings) -> None:
     # The last 9 minutes fail: 1h burns 9/60/0.01 = 15, 5m 100, while 62.5 % of the budget is spent.
     assert grade(list(range(1431, 1440))) == "D"
     assert grade([1439]) == "A"  # one failure: 5m burns 20 but 1h only 1.7, and 7 % of the budget
-
-
-# ---------------------------------------------------------------- histogram_quantile by hand
-
-
-def test_histogram_quantile_matches_hand_computation() -> None:
-    inf = float("inf")
-    buckets = [(1.0, 40.0), (0.1, 10.0), (inf, 50.0), (0.5, 30.0)]  # order does not matter
-    # rank 25 of 50 lies in (0.1, 0.5]: 15 of its 20 → 0.1 + 0.4 × 15/20.
-    assert histogram_quantile(0.5, buckets) == pytest.approx(0.4)
-    assert histogram_quantile(0.1, buckets) == pytest.approx(0.05)  # 0 + 0.1 × 5/10
-    assert histogram_quantile(0.7, buckets) == pytest.approx(0.75)  # 0.5 + 0.5 × 5/10
-    assert histogram_quantile(0.95, buckets) == 1.0  # in the +Inf bucket: the highest finite bound
-    assert histogram_quantile(0.0, buckets) == 0.0
-    assert histogram_quantile(0.5, [(0.1, 0.0), (inf, 0.0)]) is None
-    assert histogram_quantile(0.5, [(0.1, 3.0), (1.0, 4.0)]) is None  # no +Inf bucket
-    assert histogram_quantile(0.2, [(-1.0, 5.0), (inf, 10.0)]) == -1.0
-    with pytest.raises(ValueError, match="q must be"):
-        histogram_quantile(1.5, buckets)
 
 
 # ---------------------------------------------------------------- file, logs and metrics sources
