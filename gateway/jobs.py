@@ -39,6 +39,7 @@ from gateway.pipelines import PipelineSpec, StepSpec, bind_params, dependencies,
 from gateway.registry import Registry
 from gateway.router import Router
 from mlmesh.errors import Conflict, InvalidInput, MeshError, NotFound
+from mlmesh.logs import set_request_id
 from mlmesh.settings import Settings
 from mlmesh.state import StateDB
 
@@ -439,6 +440,15 @@ class Jobs:
                 return "failed"
             started = time.perf_counter()
             status, detail, retry_after = await self._call(run_id, step, attempt, body, timeout)
+            log.info(
+                "run %s step %s (%s) attempt %d answered %d in %.1f ms",
+                run_id,
+                step.id,
+                step.component,
+                attempt,
+                status,
+                (time.perf_counter() - started) * 1e3,
+            )
             if status == 200:
                 envelope = detail
                 self.store.update_step(
@@ -475,6 +485,9 @@ class Jobs:
     ) -> tuple[int, Any, float | None]:
         """One attempt through the router: (200, envelope, None) or (status, detail, retry-after)."""
         request_id = f"{run_id[:12]}-{step.id}-{attempt}"[:64]
+        # This step's task has its own context: the gateway's log lines for the call carry the step's request
+        # id, the same the tier logs, so `mlmesh logs --request` finds both sides.
+        set_request_id(request_id)
         try:
             response = await self.router.run(
                 step.component, orjson.dumps(body), request_id=request_id, timeout_s=timeout

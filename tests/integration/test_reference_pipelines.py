@@ -74,7 +74,8 @@ def test_learning_loop_on_the_sample_data(mesh: Mesh, sample_data: None) -> None
 
 
 def test_experiment_review_on_the_sample_data(mesh: Mesh, sample_data: None) -> None:
-    r = results(run_pipeline(mesh, "experiment-review"))
+    run = run_pipeline(mesh, "experiment-review")
+    r = results(run)
     assert r["ab"]["decision"] == "ship_treatment" and r["ab"]["cuped"]["applied"]
     current = r["stopping"]["group_sequential"]["current"]
     assert current["z"] == pytest.approx(r["ab"]["cuped"]["statistic"])
@@ -84,3 +85,12 @@ def test_experiment_review_on_the_sample_data(mesh: Mesh, sample_data: None) -> 
     assert r["causal"]["naive"]["estimate"] > 0.05  # confounded
     kinds = [i["kind"] for i in r["insights"]["insights"]]
     assert {"ab_test", "sequential_decision", "causal_check"} <= set(kinds)
+
+    # Each step attempt has its own request id, logged by the gateway and by the tier that ran it.
+    request_id = f"{run['id'][:12]}-ab-1"
+    logs = mesh.root / "logs"
+    wait_for(
+        lambda: all(request_id in (logs / f"{p}.log").read_text() for p in ("gateway", "tier4")),
+        timeout=10,
+        what="the step's request id in the gateway's and tier4's logs",
+    )
