@@ -376,6 +376,9 @@ class ExperimentOrchestratorOutput(ComponentOutput):
 # --------------------------------------------------------------------------------------------- design
 
 
+MAX_DESIGN_UNITS = 1e15  # beyond this a design is not an experiment anyone can run (and ceil() loses precision)
+
+
 def sample_size(op: DesignOp) -> SampleSizeDesign:
     """Units per arm for ``op`` (closed-form normal approximations, far tail of a two-sided test ignored).
 
@@ -392,6 +395,8 @@ def sample_size(op: DesignOp) -> SampleSizeDesign:
     alpha = op.alpha / comparisons if op.correction == "bonferroni" else op.alpha
     z_a = float(stats.norm.isf(alpha / 2 if op.alternative == "two-sided" else alpha))
     z_b = float(stats.norm.ppf(op.power))
+    if not math.isfinite(z_a):
+        raise InvalidInput("alpha", f"{op.alpha:g} is too small for a normal quantile (per comparison: {alpha:g})")
     k = op.allocation_ratio
     if op.metric == "binary":
         if op.baseline_rate is None:
@@ -432,6 +437,14 @@ def sample_size(op: DesignOp) -> SampleSizeDesign:
         formula = "n_c = ((z_a + z_b) / d)^2 (1 + 1/k), d = delta / sd"
         control_value = op.baseline_mean
         variant_value = None if op.baseline_mean is None else op.baseline_mean + delta
+    if not math.isfinite(standardized) or standardized == 0:
+        # Only reachable through extreme floats (a denormal sd, an effect that rounds away).
+        field = "baseline_sd" if op.metric == "continuous" else "mde"
+        raise InvalidInput(field, f"gives a standardised effect of {standardized:g}; no sample size follows from it")
+    if not n_c < MAX_DESIGN_UNITS:
+        raise InvalidInput(
+            "mde", f"is too small to detect: it needs {n_c:.3g} units per arm (at most {MAX_DESIGN_UNITS:g})"
+        )
     n_control = math.ceil(n_c)
     n_variant = math.ceil(k * n_c)
     return SampleSizeDesign(

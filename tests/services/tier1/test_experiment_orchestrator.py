@@ -168,6 +168,20 @@ def test_means_sample_size_matches_zt_ind_solve_power(ctx, sd, mde, ratio, power
     assert abs(design.n_per_variant - math.ceil(ratio * ref)) <= 1
 
 
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"metric": "binary", "baseline_rate": 0.1, "alpha": 5e-324}, "alpha"),  # z(1 − α/2) overflows
+        ({"metric": "continuous", "baseline_sd": 5e-324}, "baseline_sd"),  # d = δ/σ is infinite
+        ({"metric": "continuous", "baseline_sd": 1e12, "mde": 1e-9}, "mde"),  # ~1e43 units per arm
+    ],
+)
+def test_designs_no_one_could_run_are_422_naming_the_field(ctx, body, field):
+    with pytest.raises(InvalidInput) as caught:
+        run(ctx, operation="design", **{"mde": 0.02, **body})
+    assert caught.value.field == field
+
+
 def test_relative_mde_and_bonferroni_over_variants(ctx):
     design = run(
         ctx,
