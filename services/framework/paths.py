@@ -8,6 +8,8 @@ from mlmesh.errors import BadRequest
 
 __all__ = ["confine"]
 
+NAME_MAX, PATH_MAX = 255, 1024  # bytes: the usual file-system limit for a name, and a bound for a relative path
+
 
 def confine(base: Path, user_path: str, *, field: str = "path") -> Path:
     """Resolve ``user_path`` inside ``base`` or raise 400 naming ``field``.
@@ -22,6 +24,10 @@ def confine(base: Path, user_path: str, *, field: str = "path") -> Path:
         raise BadRequest(f"{field}: must be relative to the data directory; got an absolute path")
     if ".." in pure.parts:
         raise BadRequest(f"{field}: must not contain '..'")
+    # Checked here because resolve() does not touch a missing file: the error would come later, from open().
+    longest = max((len(part.encode()) for part in pure.parts), default=0)
+    if longest > NAME_MAX or len(user_path.encode()) > PATH_MAX:
+        raise BadRequest(f"{field}: too long (a name may have {NAME_MAX} bytes, the path {PATH_MAX})")
     root = base.resolve()
     try:
         resolved = (root / Path(*pure.parts)).resolve()

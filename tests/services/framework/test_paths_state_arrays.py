@@ -37,6 +37,11 @@ def test_confine_rejects_escapes(data_dir: Path, bad: str) -> None:
 def test_overlong_names_are_400(data_dir: Path) -> None:
     with pytest.raises(BadRequest, match=r"^x\.path: "):
         load_numbers(FileRef(path="a" * 300 + ".npy"), data_dir, field="x")
+    # Refused by confine itself, before any component opens the file (a missing file never reaches resolve's check).
+    for bad in ("0" * 256, "/".join(["a" * 200] * 6), "é" * 128):
+        with pytest.raises(BadRequest, match=r"^dataset\.path: too long"):
+            confine(data_dir, bad, field="dataset.path")
+    assert confine(data_dir, "a" * 255) == (data_dir / ("a" * 255)).resolve()
 
 
 def test_confine_rejects_symlinks_out(data_dir: Path, tmp_path: Path) -> None:
