@@ -44,6 +44,10 @@ _SHAPIRO_MAX_N = 5000  # scipy's Shapiro–Wilk p-value is unreliable (and warns
 _LARGE_SAMPLE = 30
 _DEFAULT_RESAMPLES = 2000
 _MIN_RESAMPLES = 100
+# Welch–Satterthwaite squares variances and the skewness cubes deviations: values beyond ±1e50 overflow them and a
+# spread below 1e-50 underflows them. A metric that needs either is in the wrong unit.
+_MAX_ABS = 1e50
+_MIN_SPREAD = 1e-50
 
 
 class EnhancedOptimizationValidatorInput(ComponentInput):
@@ -52,7 +56,8 @@ class EnhancedOptimizationValidatorInput(ComponentInput):
     baseline: Numbers = Field(description="metric values of the baseline (inline or a file under data/)")
     optimized: Numbers = Field(description="metric values of the optimised variant")
     direction: Literal["higher", "lower"] = Field("higher", description="whether higher or lower values are better")
-    alpha: float = Field(0.05, gt=0, lt=0.5, description="significance level; intervals are at 1 − alpha")
+    # 1e-9 is below any corrected level in use (genome-wide 5e-8); far smaller alphas push t quantiles to inf.
+    alpha: float = Field(0.05, ge=1e-9, lt=0.5, description="significance level; intervals are at 1 − alpha")
     min_practical_effect: float = Field(
         0.0, ge=0, le=1e12, description="smallest improvement (metric units) worth shipping"
     )
@@ -146,7 +151,9 @@ class EnhancedOptimizationValidatorOutput(ComponentOutput):
     baseline: SampleSummary
     optimized: SampleSummary
     improvement: float = Field(description="oriented difference of means: > 0 means the optimised variant is better")
-    relative_improvement: float | None = Field(description="improvement / |baseline mean|; None if that mean is 0")
+    relative_improvement: float | None = Field(
+        description="improvement / |baseline mean|; None if that mean is 0 or the ratio overflows"
+    )
     welch: ValidationWelch
     mann_whitney: ValidationMannWhitney
     permutation: ValidationPermutation | None
@@ -177,6 +184,13 @@ def _arm_summary(x: np.ndarray, sign: float) -> SampleSummary:
         skewness=None if skew is None else sign * skew,
         shapiro_p=shapiro_p,
     )
+
+
+def _relative(improvement: float, base_mean: float) -> float | None:
+    with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
+        ratio = float(np.float64(improvement) / abs(base_mean))
+    # A (near-)zero baseline mean has no meaningful relative change; the ratio is then 0/0 or overflows.
+    return ratio if np.isfinite(ratio) else None
 
 
 def _welch(x: np.ndarray, y: np.ndarray, alpha: float) -> tuple[ValidationWelch, float, float]:
@@ -401,6 +415,10 @@ def enhanced_optimization_validator(
     for name, arr in (("baseline", y), ("optimized", x)):
         if arr.size < 2:
             raise InvalidInput(name, f"needs at least 2 values; got {arr.size}")
+        if np.max(np.abs(arr)) > _MAX_ABS:
+            raise InvalidInput(name, f"values must lie within ±{_MAX_ABS:g}; rescale the metric")
+        if 0 < np.ptp(arr) < _MIN_SPREAD:
+            raise InvalidInput(name, f"the values differ by less than {_MIN_SPREAD:g}; rescale the metric")
     if np.ptp(x) == 0 and np.ptp(y) == 0:
         raise InvalidInput(
             "optimized", "optimized and baseline both have zero variance; the tests and intervals are undefined"
@@ -477,7 +495,7 @@ def enhanced_optimization_validator(
         baseline=base_summary,
         optimized=opt_summary,
         improvement=improvement,
-        relative_improvement=improvement / abs(base_mean) if base_mean != 0 else None,
+        relative_improvement=_relative(improvement, base_mean),
         welch=welch,
         mann_whitney=mw,
         permutation=permutation,

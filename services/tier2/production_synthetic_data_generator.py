@@ -161,15 +161,16 @@ class FitRequest(ComponentInput):
 class BetaMarginal(ComponentInput):
     """Beta(alpha, beta) on [0, 1]."""
 
-    alpha: float = Field(gt=0, le=1000)
-    beta: float = Field(gt=0, le=1000)
+    # Shapes below 1e-6 put all mass at 0 and 1 anyway; subnormal ones underflow the model SD to 0.
+    alpha: float = Field(ge=1e-6, le=1000)
+    beta: float = Field(ge=1e-6, le=1000)
 
 
 class LengthMarginal(ComponentInput):
     """Prompt length in words: LogNormal(ln median, sigma) truncated to [minimum, maximum], rounded."""
 
     median: float = Field(120.0, gt=0, le=1e6, description="median of the untruncated log-normal (words)")
-    sigma: float = Field(0.6, gt=0, le=5, description="SD of log(length)")
+    sigma: float = Field(0.6, ge=1e-6, le=5, description="SD of log(length)")  # subnormal: standardising overflowed
     minimum: int = Field(5, ge=1, le=1_000_000)
     maximum: int = Field(4000, ge=2, le=1_000_000)
 
@@ -183,7 +184,7 @@ class EffectivenessModel(ComponentInput):
     complexity: float = Field(-0.15, ge=-10, le=10)
     context_richness: float = Field(0.20, ge=-10, le=10)
     actionability: float = Field(0.30, ge=-10, le=10)
-    noise_sd: float = Field(0.5, gt=0, le=100, description="σ of the noise ε")
+    noise_sd: float = Field(0.5, ge=1e-6, le=100, description="σ of the noise ε")  # subnormal: sd(e) underflowed to 0
     tier_cuts: list[float] = Field(
         default_factory=lambda: [0.3, 0.7],
         min_length=1,

@@ -83,7 +83,8 @@ class ModernABTestingServiceInput(ComponentInput):
     metric: Literal["binary", "continuous"] = Field(description="binary (conversions) or continuous metric")
     control: ABArm = Field(description="the control arm")
     treatment: ABArm = Field(description="the treatment arm")
-    alpha: float = Field(0.05, gt=0, lt=0.5, description="significance level; intervals are (1 - alpha)")
+    # 1e-9 is below any corrected level in use (genome-wide 5e-8); far smaller alphas push quantiles to inf.
+    alpha: float = Field(0.05, ge=1e-9, lt=0.5, description="significance level; intervals are (1 - alpha)")
     prior_alpha: float = Field(1.0, gt=0, le=1e6, description="binary: Beta prior alpha (1 = uniform prior)")
     prior_beta: float = Field(1.0, gt=0, le=1e6, description="binary: Beta prior beta")
     bayes_method: Literal["exact", "monte_carlo"] = Field(
@@ -97,7 +98,10 @@ class ModernABTestingServiceInput(ComponentInput):
     previous_sequential_p_value: float | None = Field(
         None, ge=0, le=1, description="always-valid p-value of the previous look (keeps the sequence monotone)"
     )
-    treatment_share: float = Field(0.5, gt=0, lt=1, description="planned share of units in treatment (SRM check)")
+    # A share within 1e-6 of 0 or 1 is no experiment; at subnormal shares the chi-square statistic overflows.
+    treatment_share: float = Field(
+        0.5, ge=1e-6, le=1 - 1e-6, description="planned share of units in treatment (SRM check)"
+    )
     srm_threshold: float = Field(0.001, gt=0, lt=1, description="flag a sample-ratio mismatch below this p-value")
     bootstrap_resamples: int = Field(
         0, ge=0, le=10_000, description="percentile bootstrap of the mean difference (0 = off; needs raw values)"
@@ -376,6 +380,19 @@ def _cuped(
     return out, welch, adj
 
 
+def _check_exact_beta(*posteriors: tuple[str, float, float]) -> None:
+    # The quadrature of abtest.beta_compare cannot follow a density's pole at 0 or 1 (a shape below 1): it
+    # overflows or returns NaN. A shape below 1 needs a prior below 1 and no (or only) conversions in that arm.
+    for arm, a, b in posteriors:
+        if min(a, b) < 1.0:
+            field = "prior_alpha" if a < 1.0 else "prior_beta"
+            raise InvalidInput(
+                field,
+                f"bayes_method=exact needs Beta posteriors with both parameters ≥ 1; the {arm} arm's is "
+                f"Beta({a:.6g}, {b:.6g}): use bayes_method=monte_carlo, or {field} ≥ 1",
+            )
+
+
 def _bayesian(
     request: ModernABTestingServiceInput,
     t: _ArmData,
@@ -388,10 +405,12 @@ def _bayesian(
         a0, b0 = request.prior_alpha, request.prior_beta
         nt, nc = t.moments.n, c.moments.n
         kt, kc = t.successes or 0, c.successes or 0
-        at, bt, ac, bc = a0 + kt, b0 + nt - kt, a0 + kc, b0 + nc - kc
+        # n − k first: (b0 + n) − k loses a small b0 when n is large.
+        at, bt, ac, bc = a0 + kt, b0 + (nt - kt), a0 + kc, b0 + (nc - kc)
         if mc:
             cmp = abtest.monte_carlo_beta(at, bt, ac, bc, request.monte_carlo_draws, rng)
         else:
+            _check_exact_beta(("treatment", at, bt), ("control", ac, bc))
             cmp = abtest.beta_compare(at, bt, ac, bc)
 
         def beta_post(a: float, b: float) -> Posterior:

@@ -55,7 +55,8 @@ MIGRATIONS = [
 ]
 MAX_SIZE = {"sort": 500_000, "json_roundtrip": 20_000, "sha256": 16 * 1024 * 1024, "matmul": 512}
 Name = Annotated[str, Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.:-]+$")]
-Timing = Annotated[FiniteFloat, Field(ge=0)]
+# At most a million seconds (11.6 days) per run: squares of larger timings overflowed the SD (a 500).
+Timing = Annotated[FiniteFloat, Field(ge=0, le=1e6)]
 Samples = Annotated[list[Timing], Field(min_length=3, max_length=1000, description="timings in seconds")]
 
 

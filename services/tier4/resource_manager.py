@@ -91,8 +91,9 @@ def _now() -> float:
 class Limits(ComponentInput):
     """Limits for this call (default: ``settings.resources`` applied to this machine)."""
 
-    cpu_cores: float = Field(gt=0, le=MAX_CORES, description="cores that leases may reserve in total")
-    memory_mb: float = Field(gt=0, le=MAX_MEMORY_MB, description="memory (MB) that leases may reserve in total")
+    # Floors of a millicore and a kilobyte keep reserved / limit finite (a subnormal limit made it inf).
+    cpu_cores: float = Field(ge=1e-3, le=MAX_CORES, description="cores that leases may reserve in total")
+    memory_mb: float = Field(ge=1e-3, le=MAX_MEMORY_MB, description="memory (MB) that leases may reserve in total")
 
 
 class _Op(ComponentInput):

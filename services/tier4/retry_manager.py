@@ -271,9 +271,16 @@ def classify_outcome(outcome: int | str) -> tuple[str, str]:
     return "permanent", f"{text} is not a known transient error kind; retrying it would repeat the failure"
 
 
+class _Breakers(dict[str, pybreaker.CircuitBreaker]):
+    """The service's breakers by operation name (lives in ``ctx.resources``, whose entries close at shutdown)."""
+
+    def close(self) -> None:
+        """Nothing to release (called when the service stops)."""
+
+
 def _breakers(ctx: RunContext) -> dict[str, pybreaker.CircuitBreaker]:
     with _LOCK:
-        return ctx.resources.setdefault(_RESOURCE, {})
+        return ctx.resources.setdefault(_RESOURCE, _Breakers())
 
 
 def _breaker_state(name: str, breaker: pybreaker.CircuitBreaker) -> BreakerState:

@@ -16,6 +16,7 @@ from fastapi.testclient import TestClient
 from services.framework import RunContext
 from services.framework.app import create_app
 from services.tier2.context_cache_manager import (
+    MAX_BATCH,
     RESOURCE,
     ContextCacheManagerInput,
     ContextCacheManagerOutput,
@@ -309,3 +310,21 @@ def test_invalid_input_is_422_naming_the_field(
     r = client_for(context_cache_manager).post(ROUTE, json=body)
     assert r.status_code == 422, r.text
     assert field in r.json()["detail"]
+
+
+def test_oversized_put_many_is_refused_by_count_or_by_body_size(tmp_path: Path, svc: Service) -> None:
+    # Regression (slow schemathesis): a put_many of more than MAX_BATCH items whose body is also over
+    # settings.max_body_bytes is refused with 413 before validation; one under the limit gets a 422 naming items.
+    settings = make_settings(tmp_path / "http", max_body_bytes=64 * 1024)
+    app = create_app("tier2", settings=settings, components=[context_cache_manager], announce=False)
+    head = {"operation": "put_many", "namespace": NS, "analyzer": "a", "analyzer_version": "0"}
+    with TestClient(app, headers=AUTH) as client:
+        for text, status, detail in (("x" * 100, 413, "request body is over"), ("", 422, "put_many.items:")):
+            items = [{"text": text, "ttl_s": 5e-324, "value": None}] * (MAX_BATCH + 1)
+            r = client.post(ROUTE, json={**head, "items": items})
+            assert r.status_code == status and r.json()["detail"].startswith(detail), r.text
+        items = [{"text": str(i), "ttl_s": 5e-324, "value": None} for i in range(MAX_BATCH)]
+        assert client.post(ROUTE, json={**head, "items": items}).status_code == 200
+    # A subnormal TTL is valid and means "expired on arrival" (expiry is now + ttl_s, due at that instant).
+    svc.put("fleeting", 1, ttl_s=5e-324)
+    assert not svc.get("fleeting").hit

@@ -369,3 +369,39 @@ def test_http_envelope_and_problems(client_for):
     assert flat.status_code == 422 and flat.json()["detail"].startswith("optimized:")
     outside = client.post(f"/run/{NAME}", json={"baseline": {"path": "../x.npy"}, "optimized": [1, 2]})
     assert outside.status_code == 400 and "baseline.path" in outside.json()["detail"]
+
+
+def test_subnormal_alpha_is_refused_and_the_smallest_alpha_gives_finite_intervals(client_for, ctx, samples):
+    # Regression (slow schemathesis): alpha = 5e-324 passed gt=0, the t quantile was inf and the answer a 500.
+    client = client_for(enhanced_optimization_validator)
+    r = client.post(f"/run/{NAME}", json={**enhanced_optimization_validator.example, "alpha": 5e-324})
+    assert r.status_code == 422 and r.json()["detail"].startswith("alpha:"), r.text
+    baseline, optimized = samples
+    res = run(ctx, baseline, optimized, alpha=1e-9, n_permutations=0, n_bootstrap=0, n_posterior_draws=1000)
+    t = stats.ttest_ind(optimized, baseline, equal_var=False)
+    np.testing.assert_allclose(res.welch.ci, t.confidence_interval(confidence_level=1 - 1e-9), rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        # Regressions (slow schemathesis): variances overflowed in Welch's df (RuntimeWarning → 500).
+        ({"baseline": [0.0, 0.0], "optimized": [0.0, 2.6815615859885194e154]}, "optimized"),
+        ({"baseline": [0.0, 0.0], "optimized": [0.0, 2.315841784746324e77]}, "optimized"),
+        ({"baseline": [-1e51, 0.0], "optimized": [0.0, 1.0]}, "baseline"),
+        # ... and spreads that underflow them.
+        ({"baseline": [0.0, 0.0], "optimized": [0.0, 1e-150]}, "optimized"),
+    ],
+)
+def test_values_out_of_numeric_range_are_refused_over_http(client_for, body, field):
+    r = client_for(enhanced_optimization_validator).post(f"/run/{NAME}", json=body)
+    assert r.status_code == 422 and r.json()["detail"].startswith(f"{field}:"), r.text
+
+
+def test_extreme_accepted_scales_give_finite_results(ctx):
+    options = {"n_permutations": 100, "n_bootstrap": 100, "n_posterior_draws": 1000}
+    wide = run(ctx, [-1e50, 0.0, 1e50], [0.0, 1e50, 1e50], **options)
+    assert wide.welch.t == pytest.approx(stats.ttest_ind([0.0, 1e50, 1e50], [-1e50, 0.0, 1e50], equal_var=False)[0])
+    # A subnormal baseline mean has no meaningful relative change (the ratio overflowed into a 500).
+    tiny = run(ctx, [5e-324, 5e-324], [0.0, 1.0], **options)
+    assert tiny.relative_improvement is None and tiny.improvement == pytest.approx(0.5)

@@ -321,6 +321,25 @@ def test_prompt_features_custom_parameters(ctx):
     assert {r["effectiveness_tier"] for r in out.rows} == {"bad", "good"}
 
 
+@pytest.mark.parametrize(("a", "b"), [(1000.0, 1e-6), (1e-6, 1000.0), (1e-6, 1e-6)])
+def test_extreme_accepted_beta_shapes_give_a_finite_model_check(ctx, a, b):
+    out = run(ctx, mode="prompt_features", n=200, seed=0, actionability={"alpha": a, "beta": b})
+    check = next(m for m in out.model_check.moments if m.column == "actionability")
+    assert check.expected_mean == pytest.approx(stats.beta(a, b).mean(), rel=1e-12)
+    assert check.expected_sd == pytest.approx(stats.beta(a, b).std(), rel=1e-9)
+    assert check.mean_z is not None and np.isfinite(check.mean_z)
+    x = column_array(out, list(FEATURES))[:, list(FEATURES).index("actionability")]
+    assert np.all((x >= 0) & (x <= 1))
+
+
+def test_smallest_noise_without_signal_gives_uniform_scores(ctx):
+    # With every β = 0 the score is Φ(σε / σ): Uniform(0, 1) however small σ is (a subnormal σ underflowed to 0).
+    zero = dict.fromkeys(FEATURES, 0.0)
+    out = run(ctx, mode="prompt_features", n=2000, seed=3, effectiveness={"noise_sd": 1e-6, **zero})
+    score = np.array([r["effectiveness_score"] for r in out.rows])
+    assert stats.kstest(score, "uniform").pvalue > 1e-3
+
+
 # ---------------------------------------------------------------------------------- reproducibility and output
 
 
@@ -384,6 +403,11 @@ def test_large_output_goes_to_a_listed_csv(client_for, settings):
         ({"mode": "prompt_features", "domains": {"a": 0.0}}, "domains"),
         ({"mode": "prompt_features", "length": {"minimum": 100, "maximum": 50}}, "length.maximum"),
         ({"mode": "nonsense"}, "mode"),
+        # Regression (slow schemathesis): a subnormal shape underflowed the model SD to 0 and mean_z divided by it.
+        ({"mode": "prompt_features", "actionability": {"alpha": 2.0, "beta": 5e-324}}, "actionability.beta"),
+        ({"mode": "prompt_features", "clarity": {"alpha": 1e-7, "beta": 1.0}}, "clarity.alpha"),
+        ({"mode": "prompt_features", "length": {"sigma": 5e-324}}, "length.sigma"),
+        ({"mode": "prompt_features", "effectiveness": {"noise_sd": 5e-324}}, "effectiveness.noise_sd"),
     ],
 )
 def test_bad_input_is_422_naming_the_field(client_for, body, field):

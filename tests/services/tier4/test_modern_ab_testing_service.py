@@ -476,3 +476,67 @@ def test_bad_input_is_a_problem_naming_the_field(
     assert problem["status"] == status
     assert field in problem["detail"]
     assert problem["component"] == "modern_ab_testing_service"
+
+
+# Regressions from the thorough schemathesis run: subnormal values that passed gt=0 and ended in a 500.
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"alpha": 5e-324}, "alpha"),  # t quantile inf → non-finite interval in FixedHorizonResult
+        ({"alpha": 5e-324, "msprt_tau2": 5e-324}, "alpha"),
+        ({"treatment_share": 5e-324}, "treatment_share"),  # SRM chi-square overflowed
+        ({"treatment_share": 1 - 1e-12}, "treatment_share"),
+    ],
+)
+def test_subnormal_inputs_are_refused_naming_the_field(client: TestClient, change: dict[str, Any], field: str) -> None:
+    r = client.post(ROUTE, json={**modern_ab_testing_service.example, **change})
+    assert r.status_code == 422, r.text
+    assert r.json()["detail"].startswith(f"{field}:")
+
+
+@pytest.mark.parametrize("metric", ["binary", "continuous"])
+def test_smallest_accepted_alpha_and_share_give_finite_results(settings: Settings, metric: str) -> None:
+    arms = (
+        {"control": {"conversions": 40, "n": 400}, "treatment": {"conversions": 55, "n": 410}}
+        if metric == "binary"
+        else {"control": {"values": [10.2, 9.8, 11.1, 10.5]}, "treatment": {"values": [10.9, 10.4, 11.6, 11.2]}}
+    )
+    out = run(settings, metric=metric, alpha=1e-9, treatment_share=1e-6, msprt_tau2=5e-324, **arms)
+    # 1 - 1e-9 intervals: the quantile is large but finite; the SRM check flags the planned 1e-6 share.
+    assert math.isfinite(out.fixed_horizon.ci_low) and math.isfinite(out.fixed_horizon.ci_high)
+    assert out.fixed_horizon.ci_low < out.fixed_horizon.difference < out.fixed_horizon.ci_high
+    assert math.isfinite(out.srm.chi2) and out.srm.mismatch
+
+
+def test_exact_beta_comparison_refuses_posteriors_with_a_pole(client: TestClient, settings: Settings) -> None:
+    # Regression: a prior below 1 with no conversions gives a Beta posterior with a pole at 0, which the exact
+    # quadrature cannot integrate (OverflowError or NaN → 500). It is a 422 naming the prior; Monte Carlo copes.
+    body = {
+        "metric": "binary",
+        "control": {"conversions": 0, "n": 400},
+        "treatment": {"conversions": 55, "n": 410},
+        "prior_alpha": 5e-324,
+        "prior_beta": 1e6,
+    }
+    r = client.post(ROUTE, json=body)
+    assert r.status_code == 422 and r.json()["detail"].startswith("prior_alpha:"), r.text
+    out = run(settings, **body, bayes_method="monte_carlo", monte_carlo_draws=2000)
+    # Control's posterior mean is ~1e-324, treatment's 55 / 1,000,410: every draw favours treatment.
+    assert out.bayesian.prob_treatment_better == 1.0
+    assert out.bayesian.control.mean == pytest.approx(0.0, abs=1e-300)
+
+
+def test_small_prior_beta_survives_a_huge_all_converting_arm(settings: Settings) -> None:
+    # Regression: b0 + n − k was computed as (b0 + n) − k, which rounds a small b0 away when n is 1e13 (→ 500).
+    n = 10**13
+    out = run(
+        settings,
+        metric="binary",
+        control={"conversions": n // 2, "n": n},
+        treatment={"conversions": n, "n": n},
+        prior_beta=1e-6,
+        bayes_method="monte_carlo",
+        monte_carlo_draws=1000,
+    )
+    assert out.bayesian.treatment.b == pytest.approx(1e-6, rel=1e-12)
+    assert out.bayesian.prob_treatment_better == 1.0

@@ -127,3 +127,17 @@ def test_errors(ctx: RunContext, client_for) -> None:
         assert client.post("/run/performance_optimizer", json=body).status_code == 422, body
     r = client.post("/run/performance_optimizer", json={"operation": "compare", "name": "absent", "samples": [1, 2, 3]})
     assert r.status_code == 404
+
+
+def test_timings_beyond_a_million_seconds_are_refused(client_for) -> None:
+    # Regression (slow schemathesis): a baseline of ~1e200 s overflowed the SD, in its own call and in every later
+    # "list". Timings are bounded, and the largest accepted ones summarise finitely.
+    client = client_for(performance_optimizer)
+    route = "/run/performance_optimizer"
+    r = client.post(route, json={"operation": "baseline", "name": "huge", "samples": [0.0, 1e200, 2e200]})
+    assert r.status_code == 422 and r.json()["detail"].startswith("baseline.samples.1:"), r.text
+    r = client.post(route, json={"operation": "baseline", "name": "long", "samples": [0.0, 1e6, 1e6]})
+    assert r.status_code == 200, r.text
+    assert r.json()["component_result"]["summary"]["std_s"] == pytest.approx(1e6 / np.sqrt(3), rel=1e-12)
+    listed = client.post(route, json={"operation": "list"})
+    assert listed.status_code == 200 and len(listed.json()["component_result"]["baselines"]) == 1, listed.text

@@ -199,3 +199,22 @@ def test_bad_input_over_http(client_for: Callable[..., TestClient]) -> None:
         url, json={"operation": "acquire", "name": "x", "cpu_cores": 0.5, "memory_mb": 1, "limits": LIMITS}
     )
     assert ok.status_code == 200 and ok.json()["component_result"]["item"]["state"] == "admitted"
+
+
+def test_subnormal_limits_are_refused_over_http(client_for: Callable[..., TestClient]) -> None:
+    # Regression (slow schemathesis): with a lease held, limits.cpu_cores = 5e-324 made reserved / limit inf (a 500).
+    client = client_for(resource_manager)
+    url = "/run/resource_manager"
+    held = {"operation": "acquire", "name": "held", "cpu_cores": 1.5, "memory_mb": 300, "limits": LIMITS}
+    assert client.post(url, json=held).status_code == 200
+    for field, limits in (
+        ("cpu_cores", {"cpu_cores": 5e-324, "memory_mb": 1073741823.0}),
+        ("memory_mb", {"cpu_cores": 2.0, "memory_mb": 5e-324}),
+    ):
+        body = {"operation": "acquire", "name": "0", "cpu_cores": 0.0, "memory_mb": 0.0, "limits": limits}
+        r = client.post(url, json=body)
+        assert r.status_code == 422 and r.json()["detail"].startswith(f"acquire.limits.{field}:"), r.text
+    # The smallest accepted limits keep the fractions finite: the held lease is 1500× and 300,000× over them.
+    r = client.post(url, json={"operation": "status", "limits": {"cpu_cores": 1e-3, "memory_mb": 1e-3}})
+    reserved = r.json()["component_result"]["reserved"]
+    assert reserved["cpu_fraction"] == pytest.approx(1500) and reserved["memory_fraction"] == pytest.approx(3e5)

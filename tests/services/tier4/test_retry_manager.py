@@ -6,12 +6,14 @@ from pathlib import Path
 
 import pytest
 import tenacity
+from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from services.framework import RunContext
+from services.framework.app import create_app
 from services.tier4.retry_manager import RetryManagerInput, retry_manager
-from tests.conftest import make_settings
+from tests.conftest import AUTH, make_settings
 
 
 @pytest.fixture
@@ -190,3 +192,16 @@ def test_http_example_and_bad_input(client_for) -> None:
     r = client.post("/run/retry_manager", json={"operation": "classify", "outcomes": [503]})
     assert r.status_code == 200
     assert r.json()["component_result"]["classifications"][0]["kind"] == "transient"
+
+
+def test_service_stops_cleanly_after_recording(tmp_path: Path) -> None:
+    # Regression (slow schemathesis run): the breakers lived in ctx.resources as a plain dict, so the service's
+    # shutdown, which closes every resource, raised AttributeError. Stop and start twice over the same resources.
+    app = create_app("tier4", settings=make_settings(tmp_path), components=[retry_manager], announce=False)
+    for expected_failures in (1, 2):
+        with TestClient(app, headers=AUTH) as client:
+            body = {"operation": "record", "name": "db.query", "outcomes": [503], "fail_max": 5}
+            r = client.post("/run/retry_manager", json=body)
+            assert r.status_code == 200
+            listed = client.post("/run/retry_manager", json={"operation": "breakers"}).json()["component_result"]
+            assert listed["breakers"][0]["fail_counter"] == expected_failures
