@@ -107,7 +107,7 @@ class RunStore:
     """Runs, their steps and API-defined pipelines in SQLite (see the module docstring)."""
 
     def __init__(self, path: Path) -> None:
-        self.db = StateDB(path, [m for m in MIGRATIONS])
+        self.db = StateDB(path, MIGRATIONS)
 
     def close(self) -> None:
         self.db.close()
@@ -378,11 +378,7 @@ class Jobs:
                         )
                 if failed_hard is None:
                     for step_id, status in state.items():
-                        if (
-                            status == "pending"
-                            and step_id not in in_flight.values()
-                            and all(state[d] == "succeeded" for d in deps[step_id])
-                        ):
+                        if status == "pending" and all(state[d] == "succeeded" for d in deps[step_id]):
                             state[step_id] = "running"
                             task = asyncio.create_task(
                                 self._run_step(run_id, by_id[step_id], results, params, attempts[step_id])
